@@ -1,0 +1,28 @@
+"""Errors a user can act on: each names the file (and tensor) and what is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MoetopoError(Exception):
+    """Base class: a problem with the user's input, not a bug in moetopo."""
+
+
+class CheckpointError(MoetopoError):
+    """A checkpoint file or index is malformed or unsupported."""
+
+    def __init__(self, path: str | Path, problem: str, tensor: str | None = None):
+        self.path = str(path)
+        self.tensor = tensor
+        self.problem = problem
+        where = f"{self.path}" + (f" [tensor {tensor!r}]" if tensor else "")
+        super().__init__(f"{where}: {problem}")
+
+
+class NoMoELayersError(MoetopoError):
+    """The checkpoint parsed fine but has no routed-expert layer to analyse."""
+
+
+class PairMismatchError(MoetopoError):
+    """A base/tuned pair whose models cannot be compared tensor by tensor."""

@@ -1,0 +1,130 @@
+"""Which layers a config says are MoE, one small rule per convention.
+
+Checkpoints are the ground truth (a layer is MoE when it has a router); these
+rules restate each family's config convention so a disagreement between config
+and tensors can be reported instead of silently trusted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+SUB_CONFIGS = ("text_config", "language_config", "llm_config")
+
+
+def config_value(config: dict, keys: list[str]):
+    """First present value among ``keys`` (dotted paths allowed), also in the text sub-config."""
+    scopes = [config] + [config[s] for s in SUB_CONFIGS if isinstance(config.get(s), dict)]
+    for key in keys:
+        for scope in scopes:
+            value = scope
+            for part in key.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            if value is not None:
+                return value
+    return None
+
+
+def _int(config, keys, default=None):
+    value = config_value(config, keys or [])
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _all(n, config, keys):
+    return list(range(n))
+
+
+def _first_k_dense(n, config, keys):
+    first = _int(config, keys.get("first_k"))
+    if first is None:
+        return None
+    freq = _int(config, keys.get("freq"), 1) or 1
+    return [i for i in range(n) if i >= first and i % freq == 0]
+
+
+def _sparse_step(n, config, keys):
+    step = _int(config, keys.get("step"), 1)
+    skip = set(config_value(config, keys.get("skip", [])) or [])
+    if not step:
+        return []
+    return [i for i in range(n) if i not in skip and (i + 1) % step == 0]
+
+
+def _interleave(n, config, keys):
+    listed = config_value(config, keys.get("list", []))
+    if isinstance(listed, list):
+        return [i for i in listed if isinstance(i, int)]
+    step = _int(config, keys.get("step"))
+    if not step:
+        return None
+    return list(range(step - 1, n, step))
+
+
+def _period_offset(n, config, keys):
+    period = _int(config, keys.get("period"))
+    offset = _int(config, keys.get("offset"), 0)
+    if not period:
+        return None
+    return [i for i in range(n) if i % period == offset]
+
+
+def _start_end_interval(n, config, keys):
+    start = _int(config, keys.get("start"), 0)
+    end = _int(config, keys.get("end"), n - 1)
+    interval = _int(config, keys.get("interval"), 1) or 1
+    return [i for i in range(n) if (i + 1) % interval == 0 and start <= i <= end]
+
+
+def _dense_first(n, config, keys):
+    count = _int(config, keys.get("count"))
+    return None if count is None else list(range(count, n))
+
+
+def _switch_step(n, config, keys):
+    step = _int(config, keys.get("step"))
+    if step is None:
+        return None
+    return [i for i in range(n) if step > 0 and (i % step == 1 or step == 1)]
+
+
+def _nllb_step(n, config, keys):
+    step = _int(config, keys.get("step"))
+    if step is None:
+        return None
+    return [i for i in range(n) if step > 0 and (i + 1) % step == 0]
+
+
+def _layer_types(n, config, keys):
+    types = config_value(config, keys.get("list", []))
+    sparse = set(keys.get("sparse", ["sparse", "moe"]))
+    if not isinstance(types, list):
+        return None
+    return [i for i, t in enumerate(types[:n]) if t in sparse]
+
+
+RULES: dict[str, Callable] = {
+    "all": _all,
+    "first_k_dense": _first_k_dense,
+    "sparse_step": _sparse_step,
+    "interleave": _interleave,
+    "period_offset": _period_offset,
+    "start_end_interval": _start_end_interval,
+    "dense_first": _dense_first,
+    "switch_step": _switch_step,
+    "nllb_step": _nllb_step,
+    "layer_types": _layer_types,
+}
+
+
+def predicted_moe_layers(spec, config: dict, stacks: list[dict]) -> list[int] | None:
+    """Global ids of the layers the config makes MoE, or None when it does not say."""
+    found: list[int] = []
+    for stack, placed in zip(spec.stacks, stacks, strict=True):
+        rule = RULES.get(stack.moe.rule)
+        if rule is None:
+            raise ValueError(f"family {spec.name}: unknown MoE placement rule {stack.moe.rule!r}")
+        local = rule(placed["n_layers"], config, stack.moe.keys)
+        if local is None:
+            return None
+        found.extend(placed["first_layer"] + i for i in local)
+    return found

@@ -1,0 +1,222 @@
+"""Byte-range reads of logical tensors, dequantised to float.
+
+A logical tensor is what a model means by a weight: a plain tensor, an FP8 tensor
+with its ``*_scale_inv`` / ``*_scale`` companion, or an MXFP4 pair ``X_blocks`` +
+``X_scales``. Reads take a fixed leading index (an expert of a fused tensor) and a
+row range, map exactly those bytes, convert, and unmap, so resident memory stays
+bounded by the slice asked for.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import CheckpointError
+from .checkpoint import Checkpoint
+from .dtypes import ELEMENT_TYPES, FP8_TYPES, MXFP4_BLOCK, apply_block_scales, dequantize_mxfp4
+from .header import TensorEntry
+
+SCALE_SUFFIXES = ("_scale_inv", "_scale")
+DEFAULT_FP8_BLOCK = 128
+
+
+@dataclass(frozen=True)
+class LogicalTensor:
+    """A weight as the model uses it, with the physical tensors that encode it."""
+
+    name: str
+    kind: str  # "plain" | "fp8" | "mxfp4"
+    data: TensorEntry
+    scale: TensorEntry | None
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes + (self.scale.nbytes if self.scale else 0)
+
+
+def logical_tensors(tensors: dict[str, TensorEntry]) -> dict[str, LogicalTensor]:
+    """Fold scale companions and MXFP4 block/scale pairs into logical tensors."""
+    out: dict[str, LogicalTensor] = {}
+    companions: set[str] = set()
+    for name, entry in tensors.items():
+        if name.endswith("_blocks") and entry.dtype == "U8":
+            stem = name[: -len("_blocks")]
+            scales = tensors.get(stem + "_scales")
+            if scales is not None:
+                shape = entry.shape[:-2] + (entry.shape[-2] * MXFP4_BLOCK,)
+                out[stem] = LogicalTensor(stem, "mxfp4", entry, scales, shape)
+                companions.add(stem + "_scales")
+                continue
+        if entry.dtype in FP8_TYPES:
+            scale = next((tensors[name + s] for s in SCALE_SUFFIXES if name + s in tensors), None)
+            if scale is not None:
+                companions.add(scale.name)
+            out[name] = LogicalTensor(name, "fp8", entry, scale, entry.shape)
+            continue
+        out[name] = LogicalTensor(name, "plain", entry, None, entry.shape)
+    for name in companions:
+        out.pop(name, None)
+    return out
+
+
+def scale_companions(tensors: dict[str, TensorEntry]) -> dict[str, str]:
+    """Map each scale/MXFP4-scales tensor to the logical tensor it belongs to."""
+    return {
+        lt.scale.name: lt.name for lt in logical_tensors(tensors).values() if lt.scale is not None
+    }
+
+
+class TensorReader:
+    """Reads logical tensors of a checkpoint by exact byte range."""
+
+    def __init__(self, checkpoint: Checkpoint):
+        self.checkpoint = checkpoint
+        self.logical = logical_tensors(checkpoint.tensors)
+        qc = checkpoint.config.get("quantization_config") or {}
+        block = qc.get("weight_block_size") if isinstance(qc, dict) else None
+        self.fp8_block = tuple(block) if block else None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.logical
+
+    def tensor(self, name: str) -> LogicalTensor:
+        try:
+            return self.logical[name]
+        except KeyError:
+            raise CheckpointError(self.checkpoint.root, "no such tensor", tensor=name) from None
+
+    def read(
+        self,
+        name: str,
+        lead: tuple[int, ...] = (),
+        rows: tuple[int, int] | None = None,
+        dtype=np.float32,
+    ) -> np.ndarray:
+        """Dequantised ``tensor[lead..., rows[0]:rows[1], ...]`` as ``dtype``.
+
+        ``lead`` fixes the leading indices (an expert of a fused [E, R, C] tensor) and
+        ``rows`` slices the next dimension; the bytes read are exactly that slice.
+        """
+        lt = self.tensor(name)
+        if lt.kind == "mxfp4":
+            blocks = self._raw(lt.data, lead, rows)
+            scales = self._raw(lt.scale, lead, rows)
+            return dequantize_mxfp4(blocks, scales).astype(dtype, copy=False)
+        if lt.kind == "fp8" and lt.scale is not None and len(lead) < len(lt.shape) - 2:
+            if rows is not None:
+                return np.stack([self.read(name, lead + (i,), None, dtype) for i in range(*rows)])
+            n = lt.shape[len(lead)]
+            return np.stack([self.read(name, lead + (i,), None, dtype) for i in range(n)])
+        values = self._raw(lt.data, lead, rows, dtype=np.float32 if lt.kind == "fp8" else dtype)
+        if lt.kind == "fp8" and lt.scale is not None:
+            values = self._scale_fp8(lt, values, lead, rows)
+        return values.astype(dtype, copy=False)
+
+    def iter_rows(
+        self, name: str, lead: tuple[int, ...] = (), max_bytes: int = 64 << 20
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(first_row, block)`` row blocks of ``tensor[lead...]`` within ``max_bytes``."""
+        shape = self.tensor(name).shape[len(lead) :]
+        n_rows = shape[0] if shape else 1
+        row_bytes = max(1, math.prod(shape[1:])) * 4
+        step = max(1, max_bytes // row_bytes)
+        for start in range(0, n_rows, step):
+            yield start, self.read(name, lead, (start, min(n_rows, start + step)))
+
+    def _raw(self, entry: TensorEntry, lead, rows, dtype=None) -> np.ndarray:
+        shape = entry.shape
+        k = len(lead)
+        if k > len(shape) or any(not 0 <= i < d for i, d in zip(lead, shape, strict=False)):
+            raise CheckpointError(
+                self.checkpoint.shard_path(entry.shard),
+                f"index {lead} out of range for shape {list(shape)}",
+                tensor=entry.name,
+            )
+        if k == len(shape):
+            r0, r1, inner, out_shape = 0, 1, 1, ()
+        else:
+            r0, r1 = rows if rows is not None else (0, shape[k])
+            if not 0 <= r0 <= r1 <= shape[k]:
+                raise CheckpointError(
+                    self.checkpoint.shard_path(entry.shard),
+                    f"rows {rows} out of range for shape {list(shape)}",
+                    tensor=entry.name,
+                )
+            inner = math.prod(shape[k + 1 :])
+            out_shape = (r1 - r0,) + shape[k + 1 :]
+        element = ELEMENT_TYPES[entry.dtype].numpy
+        count = (r1 - r0) * inner
+        start = (int(np.ravel_multi_index(lead, shape[:k])) if k else 0) * (
+            math.prod(shape[k:]) if k < len(shape) else 1
+        ) + r0 * inner
+        target = element if dtype is None else np.dtype(dtype)
+        if count == 0:
+            return np.empty(out_shape, dtype=target)
+        mapped = np.memmap(
+            self.checkpoint.shard_path(entry.shard),
+            dtype=element,
+            mode="r",
+            offset=entry.begin + start * element.itemsize,
+            shape=(count,),
+        )
+        try:
+            values = np.array(mapped, dtype=target)
+        finally:
+            del mapped
+        return values.reshape(out_shape)
+
+    def _scale_fp8(self, lt: LogicalTensor, values, lead, rows) -> np.ndarray:
+        scale_shape = lt.scale.shape
+        if math.prod(scale_shape) == 1:
+            return values * float(self._raw(lt.scale, (), None, np.float32).reshape(-1)[0])
+        if values.ndim < 2:
+            raise CheckpointError(
+                self.checkpoint.shard_path(lt.scale.shard),
+                f"cannot apply scales {list(scale_shape)} to a 1-D FP8 tensor",
+                tensor=lt.scale.name,
+            )
+        full_rows = lt.shape[-2]
+        r0, r1 = rows if rows is not None else (0, full_rows)
+        lead_dims = len(lt.shape) - 2
+        if len(scale_shape) == lead_dims + 1 and scale_shape[-1] == full_rows:  # [..., R]
+            per_row = self._raw(lt.scale, lead, (r0, r1), np.float32)
+            return values * per_row.reshape(r1 - r0, 1)
+        if len(scale_shape) != lead_dims + 2:
+            raise CheckpointError(
+                self.checkpoint.shard_path(lt.scale.shard),
+                f"scale shape {list(scale_shape)} does not fit the weight {list(lt.shape)}",
+                tensor=lt.scale.name,
+            )
+        if scale_shape[-1] == 1 and scale_shape[-2] == full_rows and full_rows > 1:  # [..., R, 1]
+            return values * self._raw(lt.scale, lead, (r0, r1), np.float32)
+        block = self._block(lt, scale_shape[-2:], lt.shape[-2:])
+        s0, s1 = r0 // block[0], -(-r1 // block[0])
+        scales = self._raw(lt.scale, lead, (s0, s1), np.float32)
+        return apply_block_scales(values, scales, block, row_offset=r0)
+
+    def _block(self, lt: LogicalTensor, scale_dims, dims) -> tuple[int, int]:
+        candidates = [self.fp8_block] if self.fp8_block else []
+        candidates.append((DEFAULT_FP8_BLOCK, DEFAULT_FP8_BLOCK))
+        candidates.append(
+            tuple(
+                1 << max(0, math.ceil(math.log2(-(-d // s))))
+                for d, s in zip(dims, scale_dims, strict=True)
+            )
+        )
+        for block in candidates:
+            if all(-(-d // b) == s for d, b, s in zip(dims, block, scale_dims, strict=True)):
+                return block
+        raise CheckpointError(
+            self.checkpoint.shard_path(lt.scale.shard),
+            f"scale shape {list(scale_dims)} does not tile the weight {list(dims)} in blocks",
+            tensor=lt.scale.name,
+        )

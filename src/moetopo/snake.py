@@ -1,0 +1,33 @@
+"""Glue for scripts/: logging to the rule's log file and clear failures.
+
+A user error (MoetopoError) ends the job with one line naming the file and the
+problem, in the log and on stderr, instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from .errors import MoetopoError
+
+log = logging.getLogger("moetopo")
+
+
+def run(snakemake, body: Callable) -> None:
+    """Run ``body(snakemake)`` with logging to ``snakemake.log[0]``."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if snakemake.log:
+        handlers.append(logging.FileHandler(snakemake.log[0], mode="w"))
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    try:
+        body(snakemake)
+    except MoetopoError as exc:
+        log.error("%s", exc)
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""Stage logic: each module turns inputs into the rows of one artefact."""

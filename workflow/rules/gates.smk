@@ -1,0 +1,17 @@
+rule gates:
+    input:
+        summary="results/{model}/model.json",
+    output:
+        "results/{model}/gates.parquet",
+    log:
+        "logs/{model}/gates.log",
+    conda:
+        "../envs/moetopo.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc: 512 + 3 * get_router_mb(wc),
+    params:
+        path=get_model_path,
+        family=lambda wc: SHEET.family(wc.model),
+    script:
+        "../../scripts/gates.py"
