@@ -1,17 +1,18 @@
-from moetopo.artefacts import write_table
+from moetopo.artefacts import stream_table
 from moetopo.model import open_model
 from moetopo.snake import log, run
-from moetopo.stages.gates import gate_rows
+from moetopo.stages.gates import gate_batches
 
 
 def main(snakemake):
-    model = open_model(snakemake.params.path, snakemake.params.family)
-    rows, warnings = gate_rows(model)
-    for warning in warnings:
-        log.warning("%s", warning)
-    write_table(
-        rows, snakemake.output[0], "gates", sort_by=["layer", "expert"], warnings=warnings
+    model = open_model(
+        snakemake.params.path, snakemake.params.family, inventory=snakemake.input.inventory
     )
+    with stream_table(snakemake.output[0], "gates") as out:
+        for batch in gate_batches(model, out.warnings):
+            out.write(batch)
+    for warning in out.warnings:
+        log.warning("%s", warning)
 
 
 run(snakemake, main)  # noqa: F821

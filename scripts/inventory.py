@@ -1,10 +1,10 @@
-from moetopo.artefacts import read_table, write_json, write_table
+from moetopo.artefacts import read_columns, write_json, write_table
 from moetopo.snake import log, run
 from moetopo.stages.inventory import merge_inventory
 
 
 def main(snakemake):
-    frames = [read_table(path) for path in snakemake.input]
+    frames = [read_columns(path) for path in snakemake.input]
     inventory, summary, layout = merge_inventory(
         snakemake.params.path,
         frames,
@@ -21,6 +21,7 @@ def main(snakemake):
         sort_by=["tensor"],
         params=params,
         warnings=layout.warnings,
+        extra={"shards": summary["shards"]},
     )
     write_json(summary, snakemake.output.summary)
     log.info(

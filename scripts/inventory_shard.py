@@ -4,7 +4,7 @@ from moetopo.stages.inventory import shard_rows
 
 
 def main(snakemake):
-    rows, meta = shard_rows(snakemake.params.path, snakemake.wildcards.shard)
+    rows, meta = shard_rows(snakemake.input[0])
     write_table(rows, snakemake.output[0], "shard_header", sort_by=["offset_begin"], extra=meta)
 
 

@@ -45,6 +45,9 @@ class ModelSheet:
     def shards(self, model: str) -> list[str]:
         return list(list_shards(self.path(model)).shards)
 
+    def shard_path(self, model: str, shard: str) -> str:
+        return str(list_shards(self.path(model)).root / shard)
+
     def layout(self, model: str) -> ModelLayout:
         if model not in self._layouts:
             checkpoint = open_checkpoint(self.path(model))

@@ -22,6 +22,10 @@ def get_model_path(wildcards):
     return SHEET.path(wildcards.model)
 
 
+def get_shard_file(wildcards):
+    return SHEET.shard_path(wildcards.model, wildcards.shard)
+
+
 def get_shard_headers(wildcards):
     return expand(
         "results/{model}/inventory/{shard}.parquet",

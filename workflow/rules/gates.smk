@@ -1,6 +1,6 @@
 rule gates:
     input:
-        summary="results/{model}/model.json",
+        inventory="results/{model}/inventory.parquet",
     output:
         "results/{model}/gates.parquet",
     log:

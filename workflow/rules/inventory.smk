@@ -1,4 +1,6 @@
 rule inventory_shard:
+    input:
+        get_shard_file,
     output:
         "results/{model}/inventory/{shard}.parquet",
     log:
@@ -8,8 +10,6 @@ rule inventory_shard:
     threads: 1
     resources:
         mem_mb=512,
-    params:
-        path=get_model_path,
     script:
         "../../scripts/inventory_shard.py"
 

@@ -125,14 +125,9 @@ def assemble_checkpoint(listing: ShardList, headers: dict[str, ShardHeader]) -> 
     """Join shard headers into one tensor map, checking them against the index."""
     tensors: dict[str, TensorEntry] = {}
     for shard in listing.shards:
-        for name, entry in headers[shard].tensors.items():
-            if name in tensors:
-                raise CheckpointError(
-                    listing.root / shard,
-                    f"tensor is stored twice: also in {tensors[name].shard}",
-                    tensor=name,
-                )
-            tensors[name] = entry
+        tensors.update(headers[shard].tensors)
+    if len(tensors) != sum(len(h.tensors) for h in headers.values()):
+        _raise_duplicate(listing, headers)
     if listing.weight_map is not None:
         _check_index(listing, tensors)
     return Checkpoint(
@@ -152,29 +147,38 @@ def _read_weight_map(index: Path) -> dict[str, str]:
         raise CheckpointError(index, f"index is not readable JSON ({exc})") from exc
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+        type(v) is str for v in set(weight_map.values())
     ):
         raise CheckpointError(index, "index has no 'weight_map' object of tensor -> shard names")
     return weight_map
 
 
+def _raise_duplicate(listing: ShardList, headers: dict[str, ShardHeader]) -> None:
+    seen: dict[str, str] = {}
+    for shard in listing.shards:
+        for name in headers[shard].tensors:
+            if name in seen:
+                raise CheckpointError(
+                    listing.root / shard,
+                    f"tensor is stored twice: also in {seen[name]}",
+                    tensor=name,
+                )
+            seen[name] = shard
+
+
 def _check_index(listing: ShardList, tensors: dict[str, TensorEntry]) -> None:
-    for name, shard in sorted(listing.weight_map.items()):
+    weight_map = listing.weight_map
+    for name, shard in weight_map.items():
         entry = tensors.get(name)
-        if entry is None:
-            raise CheckpointError(
-                listing.index,
-                f"index maps the tensor to {shard}, whose header lacks it",
-                tensor=name,
+        if entry is None or entry.shard != shard:
+            where = (
+                "whose header lacks it" if entry is None else f"but it is stored in {entry.shard}"
             )
-        if entry.shard != shard:
             raise CheckpointError(
-                listing.index,
-                f"index maps the tensor to {shard} but it is stored in {entry.shard}",
-                tensor=name,
+                listing.index, f"index maps the tensor to {shard}, {where}", tensor=name
             )
-    unlisted = sorted(set(tensors) - set(listing.weight_map))
-    if unlisted:
+    if len(tensors) != len(weight_map):
+        unlisted = sorted(set(tensors) - set(weight_map))
         raise CheckpointError(
             listing.index,
             f"{len(unlisted)} tensor(s) in the shards are missing from the index "

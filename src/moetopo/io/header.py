@@ -14,17 +14,22 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import CheckpointError
 from .dtypes import ELEMENT_TYPES
 
+_ITEMSIZE = {name: et.itemsize for name, et in ELEMENT_TYPES.items()}
 # The format caps headers at 100 MB; a larger claim means a corrupt length field.
 MAX_HEADER_BYTES = 100_000_000
 
 
-@dataclass(frozen=True)
-class TensorEntry:
-    """One tensor as a shard header describes it; offsets are absolute file positions."""
+class TensorEntry(NamedTuple):
+    """One tensor as a shard header describes it; offsets are absolute file positions.
+
+    A NamedTuple rather than a dataclass: checkpoints hold 100k+ tensors and this is
+    built for each of them on every parse.
+    """
 
     name: str
     shard: str
@@ -93,10 +98,24 @@ def parse_header_bytes(raw: bytes, *, path: str | Path, shard: str, file_size: i
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict):
         raise CheckpointError(path, "__metadata__ is not an object")
-    tensors = {
-        name: _entry(path, shard, name, spec, data_start, data_size)
-        for name, spec in header.items()
-    }
+    tensors = {}
+    for name, spec in header.items():
+        try:  # fast path for a well-formed entry; anything odd gets the detailed check
+            dtype, shape, (begin, end) = spec["dtype"], spec["shape"], spec["data_offsets"]
+            size = _ITEMSIZE[dtype]
+            for d in shape:
+                if type(d) is not int or d < 0:
+                    raise TypeError
+                size *= d
+            ok = type(begin) is int and type(end) is int and 0 <= begin <= end <= data_size
+            ok = ok and end - begin == size
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            _entry(path, shard, name, spec, data_start, data_size)  # raises the precise error
+        tensors[name] = TensorEntry(
+            name, shard, dtype, tuple(shape), data_start + begin, data_start + end
+        )
     _check_no_overlap(path, tensors.values())
     return ShardHeader(
         shard=shard,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,12 +20,10 @@ from .checkpoint import Checkpoint
 from .dtypes import ELEMENT_TYPES, FP8_TYPES, MXFP4_BLOCK, apply_block_scales, dequantize_mxfp4
 from .header import TensorEntry
 
-SCALE_SUFFIXES = ("_scale_inv", "_scale")
 DEFAULT_FP8_BLOCK = 128
 
 
-@dataclass(frozen=True)
-class LogicalTensor:
+class LogicalTensor(NamedTuple):
     """A weight as the model uses it, with the physical tensors that encode it."""
 
     name: str
@@ -48,16 +46,17 @@ def logical_tensors(tensors: dict[str, TensorEntry]) -> dict[str, LogicalTensor]
     out: dict[str, LogicalTensor] = {}
     companions: set[str] = set()
     for name, entry in tensors.items():
-        if name.endswith("_blocks") and entry.dtype == "U8":
-            stem = name[: -len("_blocks")]
+        dtype = entry.dtype
+        if dtype == "U8" and name.endswith("_blocks"):
+            stem = name[:-7]
             scales = tensors.get(stem + "_scales")
             if scales is not None:
                 shape = entry.shape[:-2] + (entry.shape[-2] * MXFP4_BLOCK,)
                 out[stem] = LogicalTensor(stem, "mxfp4", entry, scales, shape)
-                companions.add(stem + "_scales")
+                companions.add(scales.name)
                 continue
-        if entry.dtype in FP8_TYPES:
-            scale = next((tensors[name + s] for s in SCALE_SUFFIXES if name + s in tensors), None)
+        if dtype in FP8_TYPES:
+            scale = tensors.get(name + "_scale_inv") or tensors.get(name + "_scale")
             if scale is not None:
                 companions.add(scale.name)
             out[name] = LogicalTensor(name, "fp8", entry, scale, entry.shape)

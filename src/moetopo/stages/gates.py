@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
-import pandas as pd
 
 from ..model import OpenModel
 
 
-def gate_rows(model: OpenModel) -> tuple[pd.DataFrame, list[str]]:
-    """Rows (layer, expert, weight, bias, selection_bias, norm, finite) and warnings.
+def gate_rows(model: OpenModel) -> tuple[dict[str, np.ndarray], list[str]]:
+    """All gate rows in memory (tests and small models); the stage streams :func:`gate_batches`."""
+    warnings: list[str] = []
+    frames = list(gate_batches(model, warnings))
+    return {k: np.concatenate([f[k] for f in frames]) for k in frames[0]}, warnings
 
-    A router with NaN or Inf is kept, flagged per row and reported, so the analysis
-    can continue on the layers and experts that are sound.
+
+def gate_batches(model: OpenModel, warnings: list[str]) -> Iterator[dict[str, np.ndarray]]:
+    """Per MoE layer: rows (layer, expert, weight, bias, selection_bias, norm, finite).
+
+    A router with NaN or Inf is kept, flagged per row and reported in ``warnings``,
+    so the analysis can continue on the layers and experts that are sound.
     """
     layout, reader = model.layout, model.reader
-    frames, warnings = [], []
     for layer in layout.moe_layers:
         moe = layout.layers[layer]
         weight = reader.read(moe.router)
@@ -33,18 +40,13 @@ def gate_rows(model: OpenModel) -> tuple[pd.DataFrame, list[str]]:
                 f"{bad[:10]}{' ...' if len(bad) > 10 else ''}; they are flagged finite=false"
             )
         with np.errstate(invalid="ignore", over="ignore"):
-            norm = np.sqrt(np.sum(weight.astype(np.float64) ** 2, axis=1))
-        frames.append(
-            pd.DataFrame(
-                {
-                    "layer": layer,
-                    "expert": np.arange(moe.n_experts),
-                    "weight": list(weight),
-                    "bias": bias,  # NaN (stored as null) where the family has no logit bias
-                    "selection_bias": selection,
-                    "norm": norm,
-                    "finite": finite,
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True), warnings
+            norm = np.linalg.norm(weight, axis=1).astype(np.float64)
+        yield {
+            "layer": np.full(moe.n_experts, layer),
+            "expert": np.arange(moe.n_experts),
+            "weight": weight,
+            "bias": bias,  # NaN (stored as null) where the family has no logit bias
+            "selection_bias": selection,
+            "norm": norm,
+            "finite": finite,
+        }

@@ -1,0 +1,31 @@
+"""Command line: ``python -m moetopo inspect MODEL`` (the pipeline itself runs under Snakemake)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import MoetopoError
+from .inspect import describe, inspect_model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="moetopo", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    inspect = commands.add_parser("inspect", help="what a checkpoint is, from its headers alone")
+    inspect.add_argument("model", help="model directory or .safetensors file")
+    inspect.add_argument("--family", help="force a family instead of detecting it")
+    inspect.add_argument("--json", action="store_true", help="print model.json-style JSON")
+    args = parser.parse_args(argv)
+    try:
+        summary = inspect_model(args.model, family=args.family)
+    except MoetopoError as exc:
+        print(f"moetopo: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, default=str) if args.json else describe(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Benchmark: inventory + gates on a full-scale DeepSeek-V3 layout (163 sparse shards).
+
+Compares, each in a fresh process, (1) moetopo's inventory and gates stages end to
+end, as their Snakemake jobs run them, with (a) a tight loop that only parses every
+header and reads the router byte ranges, and, on a smaller layout, (b) the naive
+approach that loads every shard whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .layouts import deepseek_v3_config, deepseek_v3_tensors, write_sparse
+from .measure import in_fresh_process
+
+
+def ours(model_dir: str, out_dir: str) -> int:
+    """The inventory (per shard, then merge) and gates jobs, in sequence."""
+    from ..artefacts import read_columns, stream_table, write_json, write_table
+    from ..io.checkpoint import list_shards
+    from ..model import open_model
+    from ..stages.gates import gate_batches
+    from ..stages.inventory import merge_inventory, shard_rows
+
+    out = Path(out_dir)
+    paths = []
+    for shard in list_shards(model_dir).shards:
+        rows, meta = shard_rows(Path(model_dir) / shard)
+        paths.append(out / "inventory" / f"{shard}.parquet")
+        write_table(rows, paths[-1], "shard_header", sort_by=["offset_begin"], extra=meta)
+    inventory, summary, _ = merge_inventory(model_dir, [read_columns(p) for p in paths])
+    write_table(
+        inventory,
+        out / "inventory.parquet",
+        "inventory",
+        sort_by=["tensor"],
+        extra={"shards": summary["shards"]},
+    )
+    write_json(summary, out / "model.json")
+    model = open_model(model_dir, inventory=out / "inventory.parquet")
+    n_rows = 0
+    with stream_table(out / "gates.parquet", "gates") as stream:
+        for batch in gate_batches(model, stream.warnings):
+            stream.write(batch)
+            n_rows += len(batch["expert"])
+    return n_rows
+
+
+def tight_loop(model_dir: str) -> int:
+    """Parse every header and read every router's bytes: the least any tool must do."""
+    routers = 0
+    for shard in sorted(Path(model_dir).glob("*.safetensors")):
+        with open(shard, "rb") as handle:
+            (n,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(n))
+            for name, entry in header.items():
+                if name.endswith("mlp.gate.weight"):
+                    begin, end = entry["data_offsets"]
+                    handle.seek(8 + n + begin)
+                    data = np.frombuffer(handle.read(end - begin), dtype=np.uint16)
+                    routers += data.size // entry["shape"][1]
+    return routers
+
+
+def naive(model_dir: str) -> int:
+    """Load each shard whole (safetensors.deserialize) and keep the router rows."""
+    import safetensors
+
+    routers = 0
+    for shard in sorted(Path(model_dir).glob("*.safetensors")):
+        for name, tensor in safetensors.deserialize(shard.read_bytes()):
+            if name.endswith("mlp.gate.weight"):
+                routers += tensor["shape"][0]
+    return routers
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m moetopo.bench gates", description=__doc__)
+    parser.add_argument("--workdir", help="where to write the sparse layouts (default: a temp dir)")
+    parser.add_argument(
+        "--small-layers", type=int, default=6, help="layers of the naive-comparison layout"
+    )
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        tmp = Path(tmp)
+        config = deepseek_v3_config()
+        full = write_sparse(tmp / "dsv3", config, list(deepseek_v3_tensors(config)), 163)
+        small_config = deepseek_v3_config(n_experts=64, n_layers=args.small_layers)
+        small = write_sparse(
+            tmp / "small", small_config, list(deepseek_v3_tensors(small_config)), 8
+        )
+        shards = len(list(full.glob("*.safetensors")))
+        apparent = sum(p.stat().st_size for p in full.glob("*.safetensors")) / 2**30
+        print(f"full layout: DeepSeek-V3, {shards} shards, {apparent:.0f} GiB apparent size")
+        rows = []
+        for label, model, func, extra in (
+            ("moetopo inventory+gates", full, ours, (str(tmp / "out-full"),)),
+            ("(a) tight loop: headers + router bytes", full, tight_loop, ()),
+            ("moetopo inventory+gates (small)", small, ours, (str(tmp / "out-small"),)),
+            ("(b) naive: load each shard whole (small)", small, naive, ()),
+        ):
+            m = in_fresh_process(func, str(model), *extra)
+            rows.append((label, m))
+            print(
+                f"{label:45s} {m.seconds:8.2f} s  peak RSS {m.peak_rss_mib:8.0f} MiB"
+                f"  ({m.result} router rows)"
+            )
+        (_, full_ours), (_, tight), (_, small_ours), (_, slow) = rows
+        print(
+            f"\nfull layout: moetopo / tight loop = {full_ours.seconds / tight.seconds:.2f}x time "
+            f"(goal <= 2x), peak RSS {full_ours.peak_rss_mib:.0f} MiB (goal < 1024)"
+        )
+        print(
+            f"small layout: naive / moetopo = {slow.seconds / small_ours.seconds:.1f}x time, "
+            f"{slow.peak_rss_mib / small_ours.peak_rss_mib:.1f}x peak RSS"
+        )
+    return 0

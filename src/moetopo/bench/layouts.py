@@ -1,0 +1,177 @@
+"""Full-scale checkpoint layouts written as sparse files.
+
+Every tensor has its real name, dtype and shape; only the tensors a run must read
+(routers and their biases, optionally embeddings) get random bytes, the rest are
+holes that cost no disk. A 700 GB DeepSeek-V3 layout takes a few hundred MB.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+from ..fixtures.writer import Hole, write_safetensors
+
+REAL = "real"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A tensor to write: real random bytes (``real``) or a hole."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    real: bool = False
+
+
+def _fp8(name: str, rows: int, cols: int) -> Iterator[Spec]:
+    yield Spec(name, "F8_E4M3", (rows, cols))
+    yield Spec(name + "_scale_inv", "F32", (-(-rows // 128), -(-cols // 128)))
+
+
+def deepseek_v3_config(n_experts: int = 256, n_layers: int = 61, kimi: bool = False) -> dict:
+    """config.json of DeepSeek-V3 (or Kimi-K2 with ``kimi=True``) as published."""
+    return {
+        "architectures": ["DeepseekV3ForCausalLM"],
+        "model_type": "kimi_k2" if kimi else "deepseek_v3",
+        "hidden_size": 7168,
+        "intermediate_size": 18432,
+        "moe_intermediate_size": 2048,
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": 64 if kimi else 128,
+        "num_key_value_heads": 64 if kimi else 128,
+        "n_shared_experts": 1,
+        "n_routed_experts": n_experts,
+        "routed_scaling_factor": 2.827 if kimi else 2.5,
+        "kv_lora_rank": 512,
+        "q_lora_rank": 1536,
+        "qk_rope_head_dim": 64,
+        "v_head_dim": 128,
+        "qk_nope_head_dim": 128,
+        "topk_method": "noaux_tc",
+        "n_group": 1 if kimi else 8,
+        "topk_group": 1 if kimi else 4,
+        "num_experts_per_tok": 8,
+        "moe_layer_freq": 1,
+        "first_k_dense_replace": 1 if kimi else 3,
+        "norm_topk_prob": True,
+        "scoring_func": "sigmoid",
+        "vocab_size": 163840 if kimi else 129280,
+        "num_nextn_predict_layers": 0 if kimi else 1,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "quantization_config": {
+            "activation_scheme": "dynamic",
+            "fmt": "e4m3",
+            "quant_method": "fp8",
+            "weight_block_size": [128, 128],
+        },
+    }
+
+
+def deepseek_v3_tensors(config: dict, real_embeddings: bool = False) -> Iterator[Spec]:
+    """Every tensor of a DeepSeek-V3-layout checkpoint, the MTP layer included."""
+    h, heads = config["hidden_size"], config["num_attention_heads"]
+    vocab, inter, moe_inter = (
+        config["vocab_size"],
+        config["intermediate_size"],
+        config["moe_intermediate_size"],
+    )
+    q_lora, kv_lora, rope = (
+        config["q_lora_rank"],
+        config["kv_lora_rank"],
+        config["qk_rope_head_dim"],
+    )
+    nope, v_dim = config["qk_nope_head_dim"], config["v_head_dim"]
+    n_layers = config["num_hidden_layers"]
+    mtp = config.get("num_nextn_predict_layers", 0)
+    yield Spec("model.embed_tokens.weight", "BF16", (vocab, h), real_embeddings)
+    for layer in range(n_layers + mtp):
+        p = f"model.layers.{layer}."
+        yield Spec(p + "input_layernorm.weight", "BF16", (h,), True)
+        yield Spec(p + "post_attention_layernorm.weight", "BF16", (h,), True)
+        yield from _fp8(p + "self_attn.q_a_proj.weight", q_lora, h)
+        yield Spec(p + "self_attn.q_a_layernorm.weight", "BF16", (q_lora,))
+        yield from _fp8(p + "self_attn.q_b_proj.weight", heads * (nope + rope), q_lora)
+        yield from _fp8(p + "self_attn.kv_a_proj_with_mqa.weight", kv_lora + rope, h)
+        yield Spec(p + "self_attn.kv_a_layernorm.weight", "BF16", (kv_lora,))
+        yield from _fp8(p + "self_attn.kv_b_proj.weight", heads * (nope + v_dim), kv_lora)
+        yield from _fp8(p + "self_attn.o_proj.weight", h, heads * v_dim)
+        if layer < config["first_k_dense_replace"]:
+            yield from _fp8(p + "mlp.gate_proj.weight", inter, h)
+            yield from _fp8(p + "mlp.up_proj.weight", inter, h)
+            yield from _fp8(p + "mlp.down_proj.weight", h, inter)
+        else:
+            yield Spec(p + "mlp.gate.weight", "BF16", (config["n_routed_experts"], h), True)
+            yield Spec(
+                p + "mlp.gate.e_score_correction_bias", "F32", (config["n_routed_experts"],), True
+            )
+            for e in range(config["n_routed_experts"]):
+                q = f"{p}mlp.experts.{e}."
+                yield from _fp8(q + "gate_proj.weight", moe_inter, h)
+                yield from _fp8(q + "up_proj.weight", moe_inter, h)
+                yield from _fp8(q + "down_proj.weight", h, moe_inter)
+            s = p + "mlp.shared_experts."
+            yield from _fp8(s + "gate_proj.weight", moe_inter * config["n_shared_experts"], h)
+            yield from _fp8(s + "up_proj.weight", moe_inter * config["n_shared_experts"], h)
+            yield from _fp8(s + "down_proj.weight", h, moe_inter * config["n_shared_experts"])
+        if layer >= n_layers:
+            yield Spec(p + "enorm.weight", "BF16", (h,))
+            yield Spec(p + "hnorm.weight", "BF16", (h,))
+            yield from _fp8(p + "eh_proj.weight", h, 2 * h)
+            yield Spec(p + "shared_head.norm.weight", "BF16", (h,))
+            yield Spec(p + "shared_head.head.weight", "BF16", (vocab, h))
+            yield Spec(p + "embed_tokens.weight", "BF16", (vocab, h))
+    yield Spec("model.norm.weight", "BF16", (h,), True)
+    yield Spec("lm_head.weight", "BF16", (vocab, h))
+
+
+def _random(spec: Spec, rng: np.random.Generator) -> np.ndarray:
+    if spec.dtype == "F32":
+        return (0.01 * rng.standard_normal(spec.shape)).astype(np.float32)
+    if len(spec.shape) == 1:  # norms near one
+        return (1 + 0.05 * rng.standard_normal(spec.shape)).astype(ml_dtypes.bfloat16)
+    scale = 1 / np.sqrt(spec.shape[-1])
+    out = np.empty(spec.shape, dtype=ml_dtypes.bfloat16)
+    rows_per = max(1, (1 << 24) // spec.shape[-1])
+    for start in range(0, spec.shape[0], rows_per):
+        stop = min(spec.shape[0], start + rows_per)
+        block = rng.standard_normal((stop - start, spec.shape[-1]), dtype=np.float32) * scale
+        out[start:stop] = block.astype(ml_dtypes.bfloat16)
+    return out
+
+
+def write_sparse(
+    directory: str | Path, config: dict, tensors: list[Spec], n_shards: int, seed: int = 0
+) -> Path:
+    """Write a sharded checkpoint of ``tensors``; holes for all but the real ones."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    rng = np.random.default_rng(seed)
+    total = sum(Hole(t.dtype, t.shape).nbytes for t in tensors)
+    per_shard = -(-total // n_shards)
+    groups: list[list[Spec]] = [[]]
+    filled = 0
+    for t in tensors:
+        size = Hole(t.dtype, t.shape).nbytes
+        if groups[-1] and filled + size > per_shard * len(groups) and len(groups) < n_shards:
+            groups.append([])
+        groups[-1].append(t)
+        filled += size
+    names = [f"model-{i + 1:05d}-of-{len(groups):06d}.safetensors" for i in range(len(groups))]
+    weight_map = {}
+    for shard, group in zip(names, groups, strict=True):
+        payload = {t.name: (_random(t, rng) if t.real else Hole(t.dtype, t.shape)) for t in group}
+        write_safetensors(directory / shard, payload, {"format": "pt"})
+        weight_map.update({t.name: shard for t in group})
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+    return directory

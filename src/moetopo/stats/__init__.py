@@ -1,0 +1,36 @@
+"""Statistics for the conjecture: correlations with honest uncertainty, pooled means, fit bands.
+
+Every interval comes from a bootstrap over the independent units (models, or
+base/tuned pairs), every p-value from a permutation test, and all randomness
+from a numpy Generator seeded by the caller: the same inputs give the same
+outputs.
+"""
+
+from moetopo.stats.correlation import (
+    CorrelationResult,
+    clustered_correlation_test,
+    correlation_test,
+    partial_correlation_test,
+)
+from moetopo.stats.intervals import LineBand, MeanResult, bootstrap_mean_interval, fit_line_band
+from moetopo.stats.tables import (
+    LAYER_COLUMNS,
+    MODEL_COLUMNS,
+    conjecture_table,
+    layer_conjecture_table,
+)
+
+__all__ = [
+    "LAYER_COLUMNS",
+    "MODEL_COLUMNS",
+    "CorrelationResult",
+    "LineBand",
+    "MeanResult",
+    "bootstrap_mean_interval",
+    "clustered_correlation_test",
+    "conjecture_table",
+    "correlation_test",
+    "fit_line_band",
+    "layer_conjecture_table",
+    "partial_correlation_test",
+]

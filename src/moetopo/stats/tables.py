@@ -1,0 +1,156 @@
+"""The conjecture stage's tables: one row per metric and statistic, ready for Parquet."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from moetopo.stats.correlation import (
+    CorrelationResult,
+    clustered_correlation_test,
+    correlation_test,
+    partial_correlation_test,
+)
+
+_TEXT, _REAL, _COUNT = "str", "float64", "int64"
+MODEL_COLUMNS = {
+    "level": _TEXT,
+    "metric": _TEXT,
+    "statistic": _TEXT,
+    "estimate": _REAL,
+    "ci_low": _REAL,
+    "ci_high": _REAL,
+    "ci_method": _TEXT,
+    "p_value": _REAL,
+    "n_models": _COUNT,
+    "verdict": _TEXT,
+    "reason": _TEXT,
+}
+LAYER_COLUMNS = {**MODEL_COLUMNS, "n_layers": _COUNT}
+_STATISTICS = ("pearson", "spearman")
+
+
+def conjecture_table(
+    models: pd.DataFrame,
+    metrics: Sequence[str],
+    *,
+    score_col: str = "score",
+    higher_is_better: bool = True,
+    size_col: str = "total_params",
+    confidence_level: float = 0.95,
+    n_resamples: int = 9999,
+    seed: int = 0,
+    min_n: int = 5,
+) -> pd.DataFrame:
+    """Model-level test of every metric against the score, raw and controlling for size.
+
+    One row per metric and statistic: pearson, spearman, and partial_pearson /
+    partial_spearman controlling for log10 of ``size_col`` (total parameters),
+    so that a metric which only tracks model size is not credited with the
+    generalization that size buys. Every row uses the same seed, hence the
+    same resamples of models. Level is 'model'; rows are sorted.
+    """
+    _require(models, [score_col, size_col, *metrics], "models")
+    score = _column(models, score_col)
+    size = _column(models, size_col)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_size = np.where(size > 0, np.log10(size), np.nan)
+    options = dict(
+        confidence_level=confidence_level,
+        n_resamples=n_resamples,
+        seed=seed,
+        min_n=min_n,
+        higher_is_better=higher_is_better,
+    )
+    rows = []
+    for metric in metrics:
+        x = _column(models, metric)
+        for statistic in _STATISTICS:
+            raw = correlation_test(
+                x, score, statistic=statistic, names=(metric, score_col), **options
+            )
+            partial = partial_correlation_test(
+                x,
+                score,
+                log_size,
+                statistic=statistic,
+                names=(metric, score_col, f"log10({size_col})"),
+                **options,
+            )
+            rows += [_row("model", metric, raw), _row("model", metric, partial)]
+    return _typed(rows, MODEL_COLUMNS)
+
+
+def layer_conjecture_table(
+    layers: pd.DataFrame,
+    metrics: Sequence[str],
+    *,
+    model_col: str = "model",
+    score_col: str = "score",
+    higher_is_better: bool = True,
+    confidence_level: float = 0.95,
+    n_resamples: int = 9999,
+    seed: int = 0,
+    min_n: int = 5,
+) -> pd.DataFrame:
+    """Layer-level view: every layer a point, uncertainty from resampling whole models.
+
+    ``layers`` has one row per (model, layer) with the model's score repeated
+    on each of its layers. Columns as :func:`conjecture_table` plus n_layers;
+    level is 'layer'. ``min_n`` counts models.
+    """
+    _require(layers, [model_col, score_col, *metrics], "layers")
+    score = _column(layers, score_col)
+    groups = layers[model_col].astype(str).to_numpy()
+    rows = []
+    for metric in metrics:
+        for statistic in _STATISTICS:
+            result = clustered_correlation_test(
+                _column(layers, metric),
+                score,
+                groups,
+                statistic=statistic,
+                confidence_level=confidence_level,
+                n_resamples=n_resamples,
+                seed=seed,
+                min_n=min_n,
+                higher_is_better=higher_is_better,
+                names=(metric, score_col),
+            )
+            rows.append({**_row("layer", metric, result), "n_layers": result.n})
+    return _typed(rows, LAYER_COLUMNS)
+
+
+def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in dict.fromkeys(columns) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} table lacks column(s) {missing}; it has {list(frame.columns)}")
+
+
+def _column(frame: pd.DataFrame, name: str) -> np.ndarray:
+    """A numeric column as floats, missing values as NaN."""
+    return pd.to_numeric(frame[name]).to_numpy(dtype=float, na_value=np.nan)
+
+
+def _row(level: str, metric: str, result: CorrelationResult) -> dict:
+    return {
+        "level": level,
+        "metric": metric,
+        "statistic": result.statistic,
+        "estimate": result.estimate,
+        "ci_low": result.ci_low,
+        "ci_high": result.ci_high,
+        "ci_method": result.ci_method,
+        "p_value": result.p_value,
+        "n_models": result.n_groups,
+        "verdict": result.verdict,
+        "reason": result.reason,
+    }
+
+
+def _typed(rows: list[dict], columns: dict[str, str]) -> pd.DataFrame:
+    """Rows in a fixed schema (also when empty), sorted by metric then statistic."""
+    table = pd.DataFrame(rows, columns=list(columns)).astype(columns)
+    return table.sort_values(["metric", "statistic"], kind="stable").reset_index(drop=True)

@@ -1,0 +1,326 @@
+"""Reading checkpoints: dtypes, dequantisation, byte-exact slices, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from moetopo.errors import CheckpointError, NoMoELayersError
+from moetopo.fixtures import random_model, write_checkpoint, write_family, write_safetensors
+from moetopo.fixtures.quantize import quantize_fp8_blocks, quantize_mxfp4
+from moetopo.io.checkpoint import open_checkpoint
+from moetopo.io.reader import TensorReader
+from moetopo.model import open_model
+from moetopo.stages.gates import gate_rows
+
+
+def reader_for(tmp_path, tensors, config=None, n_shards=1):
+    write_checkpoint(tmp_path, tensors, config or {}, n_shards=n_shards)
+    return TensorReader(open_checkpoint(tmp_path))
+
+
+# --- element types and dequantisation -------------------------------------------------
+
+
+def test_bf16_round_trips_exactly(tmp_path):
+    values = np.random.default_rng(0).standard_normal((37, 19)).astype(ml_dtypes.bfloat16)
+    reader = reader_for(tmp_path, {"w": values})
+    np.testing.assert_array_equal(reader.read("w"), values.astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_plain_float_types_round_trip(tmp_path, dtype):
+    values = np.random.default_rng(1).standard_normal((5, 7)).astype(dtype)
+    reader = reader_for(tmp_path, {"w": values})
+    np.testing.assert_array_equal(reader.read("w", dtype=np.float64), values.astype(np.float64))
+
+
+def _fp8_reference(q: np.ndarray, scale: np.ndarray, block: int) -> np.ndarray:
+    """Dequantise by expanding every scale over its block (independent of the reader)."""
+    expanded = np.repeat(np.repeat(scale, block, axis=-2), block, axis=-1)
+    rows, cols = q.shape[-2:]
+    return q.astype(np.float32) * expanded[..., :rows, :cols]
+
+
+def test_fp8_block_scales_match_independent_reference(tmp_path):
+    w = np.random.default_rng(2).standard_normal((300, 260)).astype(np.float32)
+    q, scale = quantize_fp8_blocks(w)
+    assert scale.shape == (3, 3)
+    reader = reader_for(tmp_path, {"x.weight": q, "x.weight_scale_inv": scale})
+    expected = _fp8_reference(q, scale, 128)
+    np.testing.assert_array_equal(reader.read("x.weight"), expected)
+    # a row slice crossing block boundaries meets the right scale rows
+    np.testing.assert_array_equal(reader.read("x.weight", rows=(100, 290)), expected[100:290])
+    # and quantisation is faithful to the original weights (E4M3 keeps ~2 significant digits)
+    assert np.abs(expected - w).max() < 0.07 * np.abs(w).max()
+
+
+def test_fp8_block_size_from_config(tmp_path):
+    w = np.random.default_rng(3).standard_normal((2, 70, 40)).astype(np.float32)
+    q, scale = quantize_fp8_blocks(w, block=32)
+    config = {"quantization_config": {"weight_block_size": [32, 32]}}
+    reader = reader_for(tmp_path, {"e.weight": q, "e.weight_scale_inv": scale}, config)
+    expected = _fp8_reference(q, scale, 32)
+    np.testing.assert_array_equal(reader.read("e.weight", lead=(1,)), expected[1])
+    np.testing.assert_array_equal(reader.read("e.weight"), expected)
+
+
+def test_fp8_per_channel_scale(tmp_path):
+    w = np.random.default_rng(4).standard_normal((6, 8)).astype(np.float32)
+    scale = (np.abs(w).max(axis=1, keepdims=True) / 448).astype(np.float32)
+    q = (w / scale).astype(ml_dtypes.float8_e4m3fn)
+    reader = reader_for(tmp_path, {"p.weight": q, "p.weight_scale": scale})
+    np.testing.assert_array_equal(reader.read("p.weight"), q.astype(np.float32) * scale)
+
+
+def _mxfp4_reference(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """Unpack via ml_dtypes' own float4/e8m0 types, not the reader's lookup table."""
+    low = (blocks & 0x0F).view(ml_dtypes.float4_e2m1fn).astype(np.float32)
+    high = (blocks >> 4).view(ml_dtypes.float4_e2m1fn).astype(np.float32)
+    values = np.stack([low, high], axis=-1).reshape(blocks.shape[:-1] + (32,))
+    factor = scales.view(ml_dtypes.float8_e8m0fnu).astype(np.float32)
+    return (values * factor[..., None]).reshape(blocks.shape[:-2] + (-1,))
+
+
+def test_mxfp4_matches_independent_reference(tmp_path):
+    w = np.random.default_rng(5).standard_normal((4, 24, 96)).astype(np.float32)
+    blocks, scales = quantize_mxfp4(w)
+    assert blocks.shape == (4, 24, 3, 16) and scales.shape == (4, 24, 3)
+    reader = reader_for(tmp_path, {"m.proj_blocks": blocks, "m.proj_scales": scales})
+    assert reader.tensor("m.proj").shape == (4, 24, 96)
+    expected = _mxfp4_reference(blocks, scales)
+    np.testing.assert_array_equal(reader.read("m.proj"), expected)
+    np.testing.assert_array_equal(reader.read("m.proj", lead=(2,), rows=(5, 9)), expected[2, 5:9])
+    assert np.abs(expected - w).max() <= 0.5 * np.abs(w).max()
+
+
+def test_fused_expert_slice_reads_only_that_experts_bytes(tmp_path, monkeypatch):
+    stacked = np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7).astype(ml_dtypes.bfloat16)
+    reader = reader_for(tmp_path, {"experts.gate_up_proj": stacked})
+    mapped = []
+    real = np.memmap
+
+    def recording(*args, **kwargs):
+        mapped.append((kwargs["offset"], kwargs["shape"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(np, "memmap", recording)
+    out = reader.read("experts.gate_up_proj", lead=(3,))
+    np.testing.assert_array_equal(out, stacked[3].astype(np.float32))
+    entry = reader.tensor("experts.gate_up_proj").data
+    assert mapped == [(entry.begin + 3 * 6 * 7 * 2, (6 * 7,))]
+
+
+# --- bad input --------------------------------------------------------------------------
+
+
+def _shard(tmp_path, name="model.safetensors"):
+    write_safetensors(tmp_path / name, {"a": np.ones((4, 4), np.float32), "b": np.ones(3, np.float32)})
+    return tmp_path / name
+
+
+def _rewrite_header(path, header: dict | bytes, data: bytes | None = None):
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    body = data if data is not None else raw[8 + n :]
+    blob = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + body)
+
+
+def _header(path) -> dict:
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8 : 8 + n])
+
+
+def expect_error(path, *fragments, tensor=None):
+    with pytest.raises(CheckpointError) as info:
+        open_checkpoint(path)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, message
+    if tensor:
+        assert info.value.tensor == tensor
+    return info.value
+
+
+def test_truncated_shard(tmp_path):
+    path = _shard(tmp_path)
+    path.write_bytes(path.read_bytes()[:-10])
+    error = expect_error(tmp_path, "truncated", "model.safetensors")
+    assert error.tensor in {"a", "b"}
+
+
+def test_file_shorter_than_length_field(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"\x01\x02")
+    expect_error(tmp_path, "truncated shard", "too short")
+
+
+def test_header_length_beyond_file(tmp_path):
+    path = _shard(tmp_path)
+    raw = path.read_bytes()
+    path.write_bytes(struct.pack("<Q", len(raw) * 10) + raw[8:])
+    expect_error(tmp_path, "header length", "beyond the file")
+
+
+def test_header_not_json(tmp_path):
+    path = _shard(tmp_path)
+    _rewrite_header(path, b"{not json at all" + b" " * 7)
+    expect_error(tmp_path, "not valid JSON", str(path))
+
+
+def test_unknown_dtype(tmp_path):
+    path = _shard(tmp_path)
+    header = _header(path)
+    header["b"]["dtype"] = "F4_MADEUP"
+    _rewrite_header(path, header)
+    expect_error(tmp_path, "unknown dtype 'F4_MADEUP'", tensor="b")
+
+
+def test_byte_range_outside_data_section(tmp_path):
+    path = _shard(tmp_path)
+    header = _header(path)
+    header["b"]["data_offsets"] = [64, 64 + 12 + 1000]
+    header["b"]["shape"] = [253]
+    _rewrite_header(path, header)
+    expect_error(tmp_path, "outside the data section", tensor="b")
+
+
+def test_overlapping_byte_ranges(tmp_path):
+    path = _shard(tmp_path)
+    header = _header(path)
+    header["b"]["data_offsets"] = [60, 72]
+    _rewrite_header(path, header)
+    expect_error(tmp_path, "overlaps tensor 'a'")
+
+
+def test_shape_does_not_match_byte_range(tmp_path):
+    path = _shard(tmp_path)
+    header = _header(path)
+    header["a"]["shape"] = [4, 5]
+    _rewrite_header(path, header)
+    expect_error(tmp_path, "needs 80 bytes", "holds 64", tensor="a")
+
+
+def _two_shards(tmp_path):
+    tensors = {f"t{i}": np.full((8,), i, np.float32) for i in range(4)}
+    write_checkpoint(tmp_path, tensors, {}, n_shards=2)
+    index_path = tmp_path / "model.safetensors.index.json"
+    return index_path, json.loads(index_path.read_text())
+
+
+def test_index_names_missing_shard(tmp_path):
+    index_path, index = _two_shards(tmp_path)
+    index["weight_map"]["t3"] = "model-00009-of-00009.safetensors"
+    index_path.write_text(json.dumps(index))
+    expect_error(tmp_path, "model-00009-of-00009.safetensors", "does not exist")
+
+
+def test_index_path_escaping_directory(tmp_path):
+    model = tmp_path / "model"
+    index_path, index = _two_shards(model)
+    index["weight_map"]["t3"] = "../elsewhere.safetensors"
+    index_path.write_text(json.dumps(index))
+    expect_error(model, "'../elsewhere.safetensors'", "outside the model directory")
+
+
+def test_index_symlink_leaving_directory(tmp_path):
+    model = tmp_path / "model"
+    index_path, index = _two_shards(model)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shard = index["weight_map"]["t3"]
+    (model / shard).rename(outside / shard)
+    (model / shard).symlink_to(outside / shard)
+    expect_error(model, "symlink leaves it", shard)
+
+
+def test_hub_cache_snapshot_symlinks_are_allowed(tmp_path):
+    repo = tmp_path / "models--org--tiny"
+    snapshot = repo / "snapshots" / "abc123"
+    _, index = _two_shards(snapshot)
+    (repo / "blobs").mkdir()
+    for i, shard in enumerate(sorted(set(index["weight_map"].values()))):
+        (snapshot / shard).rename(repo / "blobs" / f"blob{i}")
+        (snapshot / shard).symlink_to(f"../../blobs/blob{i}")
+    assert len(open_checkpoint(snapshot).tensors) == 4
+
+
+def test_index_and_header_disagree(tmp_path):
+    index_path, index = _two_shards(tmp_path)
+    shards = sorted(set(index["weight_map"].values()))
+    index["weight_map"]["t0"] = shards[1]
+    index_path.write_text(json.dumps(index))
+    expect_error(tmp_path, "index maps the tensor to", tensor="t0")
+
+
+def test_tensor_stored_twice(tmp_path):
+    write_safetensors(tmp_path / "a.safetensors", {"w": np.ones(2, np.float32)})
+    write_safetensors(tmp_path / "b.safetensors", {"w": np.ones(2, np.float32)})
+    expect_error(tmp_path, "stored twice", tensor="w")
+
+
+def test_broken_index_json(tmp_path):
+    index_path, _ = _two_shards(tmp_path)
+    index_path.write_text("{ broken")
+    expect_error(tmp_path, "index is not readable JSON", index_path.name)
+
+
+class _Detonator:
+    """Unpickling this creates a marker file: proof that something unpickled it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("name", ["pytorch_model.bin", "model.pt", "consolidated.pth"])
+def test_pickle_checkpoint_refused_and_never_unpickled(tmp_path, name):
+    marker = tmp_path / "unpickled"
+    (tmp_path / name).write_bytes(pickle.dumps(_Detonator(marker)))
+    (tmp_path / "config.json").write_text("{}")
+    error = expect_error(tmp_path, "pickle checkpoint refused", "safetensors")
+    assert name in str(error)
+    expect_error(tmp_path / name, "pickle checkpoint refused")
+    assert not marker.exists()
+
+
+def test_pickle_renamed_to_safetensors_is_explained(tmp_path):
+    marker = tmp_path / "unpickled"
+    (tmp_path / "model.safetensors").write_bytes(pickle.dumps(_Detonator(marker), protocol=4))
+    expect_error(tmp_path, "pickle/torch archive")
+    assert not marker.exists()
+
+
+def test_model_without_moe_layers_names_family(tmp_path):
+    model = random_model(n_layers=2, moe_layers=[])
+    write_family(model, "qwen2_moe", tmp_path, config_overrides={"num_experts": 0})
+    with pytest.raises(NoMoELayersError, match="no MoE layer found.*qwen2_moe"):
+        open_model(tmp_path)
+
+
+def test_nan_router_is_a_recorded_warning(tmp_path):
+    model = random_model(n_layers=2, n_experts=4)
+    model.layers[1].router[2, 5] = np.nan
+    model.layers[1].router[3, 0] = np.inf
+    write_family(model, "mixtral", tmp_path)
+    rows, warnings = gate_rows(open_model(tmp_path))
+    bad = ~rows["finite"]
+    assert np.column_stack([rows["layer"][bad], rows["expert"][bad]]).tolist() == [[1, 2], [1, 3]]
+    assert len(warnings) == 1 and "layer 1" in warnings[0] and "[2, 3]" in warnings[0]
+    assert rows["finite"][rows["layer"] == 0].all()
+
+
+def test_reads_out_of_range_are_clear_errors(tmp_path):
+    reader = reader_for(tmp_path, {"w": np.ones((3, 4), np.float32)})
+    with pytest.raises(CheckpointError, match="rows .* out of range"):
+        reader.read("w", rows=(2, 9))
+    with pytest.raises(CheckpointError, match="no such tensor"):
+        reader.read("missing")
