@@ -7,6 +7,7 @@ is a recorded warning). Everything here reads headers only.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from .io.checkpoint import Checkpoint
 from .io.reader import LogicalTensor, logical_tensors
 
 _ANY_LAYER = re.compile(r"(?:^|\.)(?:layers|blocks|block|blk|h)\.(\d+)\.")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,11 @@ def build_layout(
     roles = {n: _with_offset(r, offsets) for n, r in roles.items()}
     n_layers = sum(s["n_layers"] for s in stacks)
     roles = {n: _mark_mtp(r, n_layers, spec) for n, r in roles.items()}
-    unmatched = [n for n, r in roles.items() if r.role == "other" and r.template is None]
+    unmatched = [
+        n
+        for n, r in roles.items()
+        if r.role == "other" and r.template is None and not _inactive(spec, n)
+    ]
     if unmatched:
         warnings.append(
             f"{len(unmatched)} tensor(s) match no {spec.name} template and are counted as "
@@ -189,14 +195,23 @@ def _family(config, logical, family, warnings, checkpoint) -> tuple[FamilySpec, 
     if spec is not None:
         return spec, how
     spec, guess = structural_spec(config, logical)
-    warnings.append(
+    message = (
         f"unknown family (architectures={config.get('architectures')}, "
         f"model_type={config.get('model_type')}): structural detection guessed {guess}"
     )
+    log.warning("%s: %s", checkpoint.root, message)
+    warnings.append(message)
     return spec, "structural"
 
 
+def _inactive(spec: FamilySpec, name: str) -> bool:
+    """Under a prefix the text model never runs (a vision tower): counted, not classified."""
+    return any(name.startswith(p) for p in spec.inactive_prefixes)
+
+
 def _classify(spec: FamilySpec, name: str) -> TensorRole:
+    if _inactive(spec, name):
+        return TensorRole(name, "other", None, None, None)
     candidate = name
     for old, new in spec.prefixes:
         if candidate.startswith(old):
@@ -229,6 +244,7 @@ def _stacks(spec: FamilySpec, config: dict, roles) -> tuple[list[dict], dict[str
         stacks.append({"name": stack.name, "first_layer": start, "n_layers": count})
         offsets[stack.slot] = start
         start += count
+    offsets["mtp_layer"] = start
     return stacks, offsets
 
 
@@ -402,7 +418,7 @@ def _params(roles, logical, layers, spec, include_embeddings) -> dict[str, int]:
             mtp += n
             continue
         total += n
-        if any(name.startswith(p) for p in spec.inactive_prefixes):
+        if _inactive(spec, name):
             inactive += n
         elif r.role in ("embed", "lm_head"):
             embeddings += n

@@ -13,16 +13,30 @@ SUB_CONFIGS = ("text_config", "language_config", "llm_config")
 
 
 def config_value(config: dict, keys: list[str]):
-    """First present value among ``keys`` (dotted paths allowed), also in the text sub-config."""
+    """First present value among ``keys``, searched also in the text sub-config.
+
+    A key is looked up literally, then as a dotted path (DBRX's
+    ``ffn_config.moe_num_experts``); ``*.name`` matches any flat key ending in ``.name``,
+    as GGUF metadata spells them per architecture (``qwen2moe.expert_count``).
+    """
     scopes = [config] + [config[s] for s in SUB_CONFIGS if isinstance(config.get(s), dict)]
     for key in keys:
         for scope in scopes:
-            value = scope
-            for part in key.split("."):
-                value = value.get(part) if isinstance(value, dict) else None
+            value = _lookup(scope, key)
             if value is not None:
                 return value
     return None
+
+
+def _lookup(scope: dict, key: str):
+    if key in scope:
+        return scope[key]
+    if key.startswith("*."):
+        return next((v for k, v in scope.items() if k.endswith(key[1:])), None)
+    value = scope
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def _int(config, keys, default=None):
@@ -71,6 +85,7 @@ def _period_offset(n, config, keys):
 def _start_end_interval(n, config, keys):
     start = _int(config, keys.get("start"), 0)
     end = _int(config, keys.get("end"), n - 1)
+    end = end + n if end < 0 else end  # Ernie-4.5: moe_layer_end_index = -1 means the last layer
     interval = _int(config, keys.get("interval"), 1) or 1
     return [i for i in range(n) if (i + 1) % interval == 0 and start <= i <= end]
 
@@ -81,9 +96,16 @@ def _dense_first(n, config, keys):
 
 
 def _switch_step(n, config, keys):
+    """Switch: sparse where i % step == 1 (every layer when step is 1).
+
+    Configs that omit the step give the sparse-layer count it is derived from.
+    """
     step = _int(config, keys.get("step"))
     if step is None:
-        return None
+        sparse = _int(config, keys.get("sparse"))
+        if sparse is None:
+            return None
+        step = n // sparse if sparse > 0 else n
     return [i for i in range(n) if step > 0 and (i % step == 1 or step == 1)]
 
 

@@ -33,7 +33,8 @@ def structural_spec(config: dict, logical) -> tuple[FamilySpec, str]:
     hidden = _hidden(config, logical)
     router = _find_router(logical, hidden)
     if router is None:
-        return base, f"no router-shaped tensor [n_experts, {hidden}] with matching experts"
+        found = replace(base, name="structural", description="no router found")
+        return found, f"no router-shaped tensor [n_experts, {hidden}] with matching experts"
     router_pattern, n_experts, expert_patterns = router
     templates = list(compile_template("router", router_pattern))
     for role, pattern, fused in expert_patterns:
