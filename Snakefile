@@ -9,6 +9,8 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/inventory.smk"
 include: "workflow/rules/gates.smk"
+include: "workflow/rules/routing.smk"
+include: "workflow/rules/geometry.smk"
 
 
 rule all:

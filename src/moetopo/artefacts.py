@@ -59,6 +59,53 @@ SCHEMAS: dict[str, list[tuple[str, pa.DataType]]] = {
         ("norm", F64),
         ("finite", BOOL),
     ],
+    "routing": [
+        ("layer", I64),
+        ("expert", I64),
+        ("load", F64),
+        ("mean_prob", F64),
+        ("source", STR),
+        ("count", I64),
+        ("tokens", I64),
+    ],
+    "coactivation": [("layer", I64), ("i", I64), ("j", I64), ("count", I64), ("rate", F64)],
+    "routing_agreement": [
+        ("layer", I64),
+        ("n_tokens", I64),
+        ("load_spearman", F64),
+        ("topk_overlap", F64),
+        ("same_tokens", BOOL),
+    ],
+    "expert_distances": [
+        ("layer", I64),
+        ("source", STR),
+        ("i", I64),
+        ("j", I64),
+        ("distance", F64),
+    ],
+    "clusters": [
+        ("layer", I64),
+        ("source", STR),
+        ("method", STR),
+        ("threshold_spec", STR),
+        ("threshold", F64),
+        ("expert", I64),
+        ("cluster", I64),
+    ],
+    "redundancy": [
+        ("layer", I64),
+        ("source", STR),
+        ("threshold_spec", STR),
+        ("threshold", F64),
+        ("n_experts", I64),
+        ("redundant_pairs", I64),
+        ("total_pairs", I64),
+        ("redundancy", F64),
+        ("n_groups", I64),
+        ("largest_group", I64),
+        ("mean_distance", F64),
+        ("n_clusters", I64),
+    ],
 }
 
 
@@ -209,6 +256,20 @@ def _read(path: str | Path) -> tuple[pa.Table, dict]:
     parquet = pq.ParquetFile(path)
     raw = (parquet.metadata.metadata or {}).get(META_KEY, b"{}")
     return parquet.read(), json.loads(raw)
+
+
+def gather_tables(paths: list[str | Path], output: str | Path) -> None:
+    """Concatenate per-layer artefacts (each sorted, given in layer order) into one file."""
+    first = read_meta(paths[0])
+    warnings: list[str] = []
+    with stream_table(
+        output, first["artefact"], stage=first.get("stage"), params=first.get("params")
+    ) as out:
+        for path in paths:
+            table, meta = _read(path)
+            warnings.extend(meta.get("warnings", []))
+            out.write(table)
+        out.warnings.extend(warnings)
 
 
 def write_json(data: dict, path: str | Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .io.checkpoint import list_shards, open_checkpoint
@@ -56,6 +57,12 @@ class ModelSheet:
 
     def moe_layers(self, model: str) -> list[int]:
         return self.layout(model).moe_layers
+
+    def expert_mb(self, model: str, layer: int) -> int:
+        """Float32 size of one expert of ``layer``, in MiB (what a job holds per expert)."""
+        moe = self.layout(model).layers[layer]
+        per_expert = sum(int(np.prod(t.shape)) for t in moe.experts.values())
+        return 1 + per_expert * 4 // MB
 
     def router_mb(self, model: str) -> int:
         layout = self.layout(model)

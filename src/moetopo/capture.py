@@ -1,0 +1,269 @@
+"""Capture per-layer router logits of a checkpoint on real text, for the routing stage.
+
+``python -m moetopo.capture MODEL_DIR --text FILE --out FILE`` loads any causal LM that
+transformers can load (no remote code), runs the text through it in batches and saves,
+per MoE layer, the raw router logits: the router linear's output, before softmax,
+sigmoid, correction bias or top-k. Routers are found with forward hooks, not with
+``output_router_logits``, because hooks name the module (hence the transformer layer
+index, even when dense layers are interleaved) and work for families whose forward
+does not return router logits. torch and transformers are imported only when called.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SOURCE = "moetopo.capture"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+ROUTER_NAMES = re.compile(r"(?:^|\.)(gate|router|gating|switch)$")
+LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?:\.|$)")
+
+
+def _recorder_targets(model: Any) -> list[tuple[type | None, str | None, str | None, int]]:
+    """transformers 5 declares which module outputs are router logits; read that."""
+    spec = (getattr(model, "_can_record_outputs", None) or {}).get("router_logits")
+    if spec is None:
+        return []
+    specs = spec if isinstance(spec, (list, tuple)) else [spec]
+    out = []
+    for s in specs:
+        if isinstance(s, type):
+            out.append((s, None, None, 0))
+        else:
+            out.append(
+                (
+                    getattr(s, "target_class", None),
+                    getattr(s, "class_name", None),
+                    getattr(s, "layer_name", None),
+                    getattr(s, "index", None) or 0,
+                )
+            )
+    return out
+
+
+def find_routers(model: Any) -> list[tuple[str, Any, int | None]]:
+    """(module name, module, tuple index of the logits) for every router of the model."""
+    found: list[tuple[str, Any, int | None]] = []
+    targets = _recorder_targets(model)
+    for name, module in model.named_modules():
+        for cls, class_name, layer_name, index in targets:
+            by_class = cls is not None and isinstance(module, cls)
+            by_name = class_name is not None and type(module).__name__.endswith(class_name)
+            if (by_class or by_name) and (layer_name is None or layer_name in name):
+                found.append((name, module, index))
+                break
+    if found:
+        return found
+    hidden = getattr(model.config, "hidden_size", None)
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if (
+            ROUTER_NAMES.search(name)
+            and weight is not None
+            and weight.ndim == 2
+            and weight.shape[0] > 1
+            and (hidden is None or weight.shape[1] == hidden)
+        ):
+            found.append((name, module, None))
+    return found
+
+
+def layer_index(name: str, position: int) -> int:
+    """Transformer layer index from a module name like ``model.layers.3.mlp.gate``."""
+    match = LAYER_INDEX.search(name)
+    return int(match.group(1)) if match else position
+
+
+def _logits_of(output: Any, index: int | None, n_experts: int | None) -> Any:
+    if isinstance(output, (tuple, list)):
+        if index is not None:
+            return output[index]
+        for item in output:
+            if hasattr(item, "shape") and (n_experts is None or item.shape[-1] == n_experts):
+                return item
+        raise ValueError("router output holds no tensor of router logits")
+    return output
+
+
+def byte_ids(text: str) -> list[int]:
+    """The zoo's tokenizer: UTF-8 bytes are the token ids."""
+    return list(text.encode("utf-8"))
+
+
+def tokenize(model_dir: Path, text: str) -> tuple[list[int], str]:
+    """The model's own tokenizer when the directory ships one, else byte-level ids."""
+    if any((model_dir / f).exists() for f in TOKENIZER_FILES):
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+        return list(tok(text, add_special_tokens=False)["input_ids"]), "model"
+    return byte_ids(text), "byte"
+
+
+def batches(ids: Sequence[int], seq_len: int, batch_size: int) -> Iterator[list[list[int]]]:
+    """Consecutive windows of ``seq_len`` tokens; equal-length windows batched, no padding."""
+    windows = [list(ids[i : i + seq_len]) for i in range(0, len(ids), seq_len)]
+    full = [w for w in windows if len(w) == seq_len]
+    for i in range(0, len(full), batch_size):
+        yield full[i : i + batch_size]
+    if windows and len(windows[-1]) < seq_len:
+        yield [windows[-1]]
+
+
+def capture_logits(
+    model: Any, ids: Sequence[int], seq_len: int, batch_size: int = 8
+) -> dict[int, np.ndarray]:
+    """Router logits per transformer layer, [tokens, n_experts] float32, in text order."""
+    import torch
+
+    routers = find_routers(model)
+    if not routers:
+        raise ValueError(f"{type(model).__name__}: no router module found (is it an MoE model?)")
+    store: dict[int, list[np.ndarray]] = {}
+    handles = []
+    for position, (name, module, index) in enumerate(routers):
+        layer = layer_index(name, position)
+        if layer in store:
+            raise ValueError(f"two routers map to layer {layer} (module {name})")
+        store[layer] = []
+        weight = getattr(module, "weight", None)
+        n_experts = int(weight.shape[0]) if weight is not None and weight.ndim == 2 else None
+
+        def hook(_m: Any, _i: Any, out: Any, layer: int = layer, index: int | None = index,
+                 n: int | None = n_experts) -> None:  # fmt: skip
+            logits = _logits_of(out, index, n)
+            store[layer].append(logits.detach().float().reshape(-1, logits.shape[-1]).cpu().numpy())
+
+        handles.append(module.register_forward_hook(hook))
+    model.eval()
+    try:
+        with torch.no_grad():
+            for rows in batches(ids, seq_len, batch_size):
+                model(input_ids=torch.tensor(rows, dtype=torch.long), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    result = {layer: np.concatenate(chunks) for layer, chunks in sorted(store.items()) if chunks}
+    for layer, arr in result.items():
+        if arr.shape[0] != len(ids):
+            raise ValueError(f"layer {layer}: captured {arr.shape[0]} rows for {len(ids)} tokens")
+    return result
+
+
+def save_npz(path: Path, logits: dict[int, np.ndarray], meta: dict[str, Any], dtype: str) -> None:
+    """The captured-routing format: ``layer_<L>`` arrays plus a JSON ``meta`` string."""
+    arrays = {f"layer_{layer}": arr.astype(dtype) for layer, arr in sorted(logits.items())}
+    arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+
+
+def load_npz(path: Path) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
+    """Read a captured-routing file back (no pickles)."""
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        logits = {int(k.split("_", 1)[1]): data[k] for k in data.files if k.startswith("layer_")}
+    return dict(sorted(logits.items())), meta
+
+
+def capture_file(
+    model_dir: Path,
+    text_path: Path,
+    out: Path,
+    *,
+    seq_len: int | None = None,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    dtype: str = "auto",
+    store_dtype: str = "float16",
+    model_id: str | None = None,
+    model: Any = None,
+) -> dict[str, Any]:
+    """Load (unless given), tokenize, capture and save; returns the ``meta`` record."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model_dir = Path(model_dir)
+    raw = Path(text_path).read_bytes()
+    text = raw.decode("utf-8")
+    if model is None:
+        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch_dtype, trust_remote_code=False
+        )
+    ids, tokenizer = tokenize(model_dir, text)
+    if tokenizer == "byte" and model.config.vocab_size < 256:
+        raise ValueError(f"{model_dir}: no tokenizer and vocab_size < 256, cannot use byte ids")
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    if not ids:
+        raise ValueError(f"{text_path}: no tokens to capture")
+    limit = getattr(model.config, "max_position_embeddings", None) or 512
+    seq_len = seq_len or min(512, int(limit))
+    logits = capture_logits(model, ids, seq_len, batch_size)
+    meta = {
+        "model": model_id or model_dir.name,
+        "tokens": len(ids),
+        "source": SOURCE,
+        "text_digest": hashlib.sha256(raw).hexdigest(),
+        "dtype": store_dtype,
+        "compute_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "tokenizer": tokenizer,
+        "seq_len": seq_len,
+        "layers": sorted(logits),
+        "architecture": type(model).__name__,
+    }
+    save_npz(Path(out), logits, meta, store_dtype)
+    return meta
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m moetopo.capture", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("model_dir", type=Path, help="checkpoint directory transformers can load")
+    parser.add_argument("--text", type=Path, required=True, help="UTF-8 text file to route")
+    parser.add_argument("--out", type=Path, required=True, help="output .npz")
+    parser.add_argument(
+        "--seq-len", type=int, default=None, help="window length (default: min(512, max positions))"
+    )
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=None)
+    dtypes = ["auto", "float32", "bfloat16", "float16"]
+    parser.add_argument(
+        "--dtype", default="auto", choices=dtypes, help="compute dtype of the model"
+    )
+    parser.add_argument("--store-dtype", default="float16", choices=["float16", "float32"])
+    parser.add_argument(
+        "--model-id", default=None, help="name recorded in meta (default: directory name)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        meta = capture_file(
+            args.model_dir, args.text, args.out, seq_len=args.seq_len, batch_size=args.batch_size,
+            max_tokens=args.max_tokens, dtype=args.dtype, store_dtype=args.store_dtype,
+            model_id=args.model_id,
+        )  # fmt: skip
+    except (OSError, ValueError) as exc:
+        print(f"moetopo.capture: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}: {meta['tokens']} {meta['tokenizer']} tokens, layers {meta['layers']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The expert_geometry stage: all configured distance sources for one MoE layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..geometry import (
+    SOURCES,
+    coactivation_distances,
+    layer_function_distances,
+    pairs_table,
+    router_distances,
+    weight_distances,
+)
+from ..model import OpenModel
+from ..probes import normalised_embeddings, probe_token_ids
+from .routing import gate_arrays
+
+
+def coactivation_matrix(coactivation: pd.DataFrame, layer: int, n_experts: int) -> np.ndarray:
+    """Symmetric [E, E] counts of one layer from the coactivation artefact (upper triangle)."""
+    rows = coactivation[coactivation.layer == layer]
+    counts = np.zeros((n_experts, n_experts), dtype=np.int64)
+    counts[rows.i.to_numpy(), rows.j.to_numpy()] = rows["count"].to_numpy()
+    return np.triu(counts) + np.triu(counts, 1).T
+
+
+def layer_distances(
+    model: OpenModel,
+    layer: int,
+    sources: list[str],
+    gates: pd.DataFrame,
+    coactivation: pd.DataFrame | None,
+    function_tokens: int = 256,
+    seed: int = 0,
+    chunk_bytes: int = 256 << 20,
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Distance matrices of ``layer`` for each requested source, and warnings."""
+    unknown = sorted(set(sources) - set(SOURCES))
+    if unknown:
+        raise ValueError(f"unknown distance sources {unknown}; known: {list(SOURCES)}")
+    moe = model.layout.layers[layer]
+    matrices: dict[str, np.ndarray] = {}
+    warnings: list[str] = []
+    if any(s.startswith("router_") for s in sources):
+        weight, _, _ = gate_arrays(gates, layer)
+        if not np.isfinite(weight).all():
+            warnings.append(
+                f"layer {layer}: non-finite router values set to 0 for router distances"
+            )
+            weight = np.where(np.isfinite(weight), weight, 0.0)
+        matrices.update({k: v for k, v in router_distances(weight).items() if k in sources})
+    wants_weights = any(s in sources for s in ("weight_l2", "weight_cosine", "function"))
+    if wants_weights and not moe.experts:
+        warnings.append(f"layer {layer}: no expert weights recognised; weight sources skipped")
+    elif wants_weights:
+        if "weight_l2" in sources or "weight_cosine" in sources:
+            found = weight_distances(model.reader, moe, chunk_bytes)
+            matrices.update({k: v for k, v in found.items() if k in sources})
+        if "function" in sources:
+            x = normalised_embeddings(model, probe_token_ids(model, function_tokens, seed))
+            limit = model.checkpoint.config.get("swiglu_limit")
+            matrices["function"] = layer_function_distances(
+                model.reader, moe, x, model.layout.activation, limit, chunk_bytes
+            )
+    if "coactivation" in sources:
+        if coactivation is None:
+            warnings.append(f"layer {layer}: no coactivation artefact; coactivation skipped")
+        else:
+            counts = coactivation_matrix(coactivation, layer, moe.n_experts)
+            matrices["coactivation"] = coactivation_distances(counts)
+    return matrices, warnings
+
+
+def distance_rows(layer: int, matrices: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return pairs_table(layer, matrices)

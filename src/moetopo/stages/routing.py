@@ -1,0 +1,154 @@
+"""The routing stage: per-expert load and mean probability, coactivation, probe agreement."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+from ..errors import MoetopoError
+from ..model import OpenModel
+from ..probes import load_captured, normalised_embeddings, probe_token_ids
+from ..routing import RoutingRule, coactivation_counts, route, selection_matrix
+
+
+@dataclass
+class RoutingResult:
+    routing: list[dict] = field(default_factory=list)
+    coactivation: list[dict] = field(default_factory=list)
+    agreement: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def tables(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        return (
+            pd.concat([pd.DataFrame(r) for r in self.routing], ignore_index=True),
+            pd.concat([pd.DataFrame(r) for r in self.coactivation], ignore_index=True),
+            pd.DataFrame(self.agreement, columns=AGREEMENT_COLUMNS),
+        )
+
+
+AGREEMENT_COLUMNS = ["layer", "n_tokens", "load_spearman", "topk_overlap", "same_tokens"]
+
+
+def layer_rule(model: OpenModel, layer: int) -> RoutingRule:
+    moe = model.layout.layers[layer]
+    return RoutingRule.from_summary(model.layout.routing, top_k=moe.top_k)
+
+
+def gate_arrays(gates: pd.DataFrame, layer: int):
+    """Router weight [E, H], logit bias and selection bias of ``layer`` from the gates artefact."""
+    rows = gates[gates.layer == layer].sort_values("expert")
+    weight = np.stack(rows["weight"].to_numpy()).astype(np.float64)
+    bias = rows["bias"].to_numpy(dtype=np.float64, na_value=np.nan)
+    selection = rows["selection_bias"].to_numpy(dtype=np.float64, na_value=np.nan)
+    return (
+        weight,
+        None if np.isnan(bias).all() else np.nan_to_num(bias),
+        None if np.isnan(selection).all() else np.nan_to_num(selection),
+    )
+
+
+def routing_tables(
+    model: OpenModel,
+    gates: pd.DataFrame,
+    probe_tokens: int,
+    seed: int,
+    captured: str | None = None,
+) -> RoutingResult:
+    """Route every MoE layer with captured logits when given, probe tokens otherwise."""
+    result = RoutingResult()
+    layers = model.layout.moe_layers
+    logits_by_layer, token_ids = {}, None
+    if captured:
+        logits_by_layer, token_ids, _ = load_captured(captured)
+        _check_captured(model, logits_by_layer, captured, result.warnings)
+    probe_ids = probe_token_ids(model, probe_tokens, seed)
+    probe_x = normalised_embeddings(model, probe_ids)
+    same_x = normalised_embeddings(model, token_ids) if token_ids is not None else None
+    for layer in layers:
+        weight, bias, selection = gate_arrays(gates, layer)
+        rule = layer_rule(model, layer)
+        finite = np.isfinite(weight).all(axis=1)
+        if not finite.all():
+            weight = np.where(np.isfinite(weight), weight, 0.0)
+            result.warnings.append(
+                f"layer {layer}: non-finite router rows {np.flatnonzero(~finite).tolist()} "
+                "were zeroed for routing"
+            )
+        probe = route(probe_x @ weight.T, rule, bias, selection)
+        if layer in logits_by_layer:
+            used, source = route(logits_by_layer[layer], rule, bias, selection), "captured"
+            reference = (
+                route(same_x @ weight.T, rule, bias, selection) if same_x is not None else probe
+            )
+            result.agreement.append(_agreement(layer, used, reference, same_x is not None))
+        else:
+            used, source = probe, "probe"
+        _add_layer(result, layer, used, source, weight.shape[0])
+    return result
+
+
+def _check_captured(model, logits_by_layer, path, warnings) -> None:
+    layout = model.layout
+    unknown = sorted(set(logits_by_layer) - set(layout.moe_layers))
+    if unknown:
+        raise MoetopoError(
+            f"{path}: captured logits for layers {unknown}, which are not MoE layers of "
+            f"{layout.root} (MoE layers: {layout.moe_layers})"
+        )
+    for layer, logits in logits_by_layer.items():
+        n_experts = layout.layers[layer].n_experts
+        if logits.ndim != 2 or logits.shape[1] != n_experts:
+            raise MoetopoError(
+                f"{path}: layer {layer} logits have shape {list(logits.shape)}, expected "
+                f"[tokens, {n_experts}]"
+            )
+        if not np.isfinite(logits).all():
+            raise MoetopoError(f"{path}: layer {layer} logits contain NaN or Inf")
+    missing = sorted(set(layout.moe_layers) - set(logits_by_layer))
+    if missing:
+        warnings.append(f"{path}: no captured logits for layers {missing}; probe tokens used there")
+
+
+def _add_layer(result: RoutingResult, layer: int, routed, source: str, n_experts: int) -> None:
+    counts = coactivation_counts(routed.experts, n_experts)
+    tokens = routed.experts.shape[0]
+    load = np.diag(counts) / tokens
+    result.routing.append(
+        {
+            "layer": layer,
+            "expert": np.arange(n_experts),
+            "load": load,
+            "mean_prob": routed.scores.mean(axis=0),
+            "source": source,
+            "count": np.diag(counts),
+            "tokens": tokens,
+        }
+    )
+    i, j = np.triu_indices(n_experts)
+    result.coactivation.append(
+        {"layer": layer, "i": i, "j": j, "count": counts[i, j], "rate": counts[i, j] / tokens}
+    )
+
+
+def _agreement(layer: int, captured, probe, same_tokens: bool) -> dict:
+    """How far the weights-only probe reproduces captured routing."""
+    n_experts = captured.scores.shape[1]
+    load_c = selection_matrix(captured.experts, n_experts).mean(axis=0)
+    load_p = selection_matrix(probe.experts, n_experts).mean(axis=0)
+    rho = spearmanr(load_c, load_p).statistic if np.ptp(load_c) and np.ptp(load_p) else np.nan
+    overlap = np.nan
+    if same_tokens:
+        hits = selection_matrix(captured.experts, n_experts) & selection_matrix(
+            probe.experts, n_experts
+        )
+        overlap = hits.sum(axis=1).mean() / captured.experts.shape[1]
+    return {
+        "layer": layer,
+        "n_tokens": captured.experts.shape[0],
+        "load_spearman": float(rho),
+        "topk_overlap": float(overlap),
+        "same_tokens": same_tokens,
+    }

@@ -1,0 +1,156 @@
+"""Expert distances: exact Gram distances, permutation (in)variance, planted clusters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.spatial.distance import pdist, squareform
+
+from moetopo.experts import read_expert
+from moetopo.fixtures import plant_groups, random_model, write_family
+from moetopo.geometry import coactivation_distances, function_distances, weight_distances
+from moetopo.model import open_model
+from moetopo.stages.clusters import cluster_tables
+from moetopo.stages.gates import gate_rows
+from moetopo.stages.geometry import layer_distances
+from moetopo.geometry import pairs_table
+from moetopo.stages.routing import routing_tables
+
+
+def direct_l2(model, layer) -> np.ndarray:
+    """||W_i - W_j|| over concatenated float64 weights, computed the obvious way."""
+    moe = model.layout.layers[layer]
+    flat = []
+    for e in range(moe.n_experts):
+        w = read_expert(model.reader, moe, e, dtype=np.float64)
+        flat.append(np.concatenate([w.gate.ravel(), w.up.ravel(), w.down.ravel()]))
+    return squareform(pdist(np.array(flat)))
+
+
+CASES = [
+    ("mixtral", "hub", "BF16"),
+    ("mixtral", "fused", "BF16"),
+    ("deepseek_v3", "hub", "F8_E4M3"),
+    ("gpt_oss", "mxfp4", "BF16"),
+    ("llama4", "text", "BF16"),
+]
+
+
+@pytest.mark.parametrize("family,layout,dtype", CASES)
+def test_gram_distances_match_direct_float64(tmp_path, family, layout, dtype):
+    tiny = random_model(n_layers=1, n_experts=6, hidden=64, intermediate=32, seed=4)
+    plant_groups(tiny.layers[0], [[0, 1], [2, 3]], noise=1e-4, seed=5)  # near-duplicates
+    write_family(tiny, family, tmp_path, layout=layout, dtype=dtype)
+    model = open_model(tmp_path)
+    moe = model.layout.layers[0]
+    one_expert = 3 * 32 * 64 * 8
+    found = weight_distances(model.reader, moe, chunk_bytes=one_expert // 5)
+    expected = direct_l2(model, 0)
+    mask = ~np.eye(6, dtype=bool)
+    np.testing.assert_allclose(found["weight_l2"][mask], expected[mask], rtol=1e-6)
+    assert expected[0, 1] < 1e-2 * expected[0, 4]  # the planted pair is really near
+
+
+def test_fused_and_per_expert_twins_give_identical_distances(tmp_path):
+    tiny = random_model(n_layers=1, n_experts=5, seed=6)
+    plant_groups(tiny.layers[0], [[1, 3]], noise=1e-3)
+    matrices = []
+    for layout in ("hub", "fused"):
+        write_family(tiny, "qwen2_moe", tmp_path / layout, layout=layout)
+        model = open_model(tmp_path / layout)
+        gates = _gates_frame(model)
+        m, _ = layer_distances(
+            model, 0, ["router_l1", "weight_l2", "weight_cosine", "function"], gates, None, 32
+        )
+        matrices.append(m)
+    for source in matrices[0]:
+        np.testing.assert_allclose(matrices[0][source], matrices[1][source], rtol=1e-9, atol=1e-12)
+
+
+def test_weight_cosine_matches_direct():
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((5, 40))
+    rows[1] = rows[0] * 3.0  # same direction: cosine distance 0, L2 distance large
+    from moetopo.geometry import CenteredGram
+
+    gram = CenteredGram(5)
+    gram.add(rows[:, :17])
+    gram.add(rows[:, 17:])
+    l2, cosine = gram.distances()
+    np.testing.assert_allclose(l2, squareform(pdist(rows)), atol=1e-12)
+    np.testing.assert_allclose(cosine, squareform(pdist(rows, "cosine")), atol=1e-12)
+    assert cosine[0, 1] < 1e-12 < l2[0, 1]
+
+
+def test_function_distance_ignores_hidden_unit_order_weight_distance_does_not(tmp_path):
+    tiny = random_model(n_layers=1, n_experts=4, seed=7)
+    layer = tiny.layers[0]
+    layer.gate[1], layer.up[1], layer.down[1] = layer.gate[0], layer.up[0], layer.down[0]
+    perm = np.random.default_rng(8).permutation(tiny.intermediate)
+    layer.gate[1], layer.up[1] = layer.gate[1][perm], layer.up[1][perm]
+    layer.down[1] = layer.down[1][:, perm]
+    write_family(tiny, "mixtral", tmp_path, dtype="F32")
+    model = open_model(tmp_path)
+    moe = model.layout.layers[0]
+    x = np.random.default_rng(9).standard_normal((64, tiny.hidden)).astype(np.float32)
+    func = function_distances(lambda e: read_expert(model.reader, moe, e), 4, x, "swiglu")
+    weight = weight_distances(model.reader, moe)["weight_l2"]
+    assert func[0, 1] < 1e-10  # same function, hidden units reordered
+    assert func[0, 2] > 0.5
+    assert weight[0, 1] > 0.5 * weight[0, 2]  # weights see two different experts
+
+
+def test_function_distance_definition():
+    """d = mean ||f_i - f_j||^2 / mean of the two mean squared norms, on a hand example."""
+    from moetopo.experts import ExpertWeights
+
+    eye = np.eye(2, dtype=np.float32)
+    a = ExpertWeights(up=eye, down=eye)
+    b = ExpertWeights(up=2 * eye, down=eye)
+    x = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    d = function_distances(lambda e: (a, b)[e], 2, x, "relu")
+    # f_a = x, f_b = 2x: mean ||f_a - f_b||^2 = 1, mean norms 1 and 4
+    np.testing.assert_allclose(d[0, 1], 1.0 / 2.5)
+
+
+def test_coactivation_distance():
+    counts = np.array([[10, 10, 0], [10, 10, 0], [0, 0, 5]])
+    d = coactivation_distances(counts)
+    np.testing.assert_allclose(d, [[0, 0, 1], [0, 0, 1], [1, 1, 0]])
+
+
+def _gates_frame(model) -> pd.DataFrame:
+    columns, _ = gate_rows(model)
+    return pd.DataFrame({k: list(v) if v.ndim == 2 else v for k, v in columns.items()})
+
+
+def test_planted_clusters_recovered_and_distinct_layer_has_no_redundancy(tmp_path):
+    tiny = random_model(n_layers=2, n_experts=10, hidden=64, intermediate=32, seed=11)
+    groups = [[0, 4, 7], [1, 2], [3, 8, 9]]
+    plant_groups(tiny.layers[0], groups, noise=1e-3, seed=12)
+    write_family(tiny, "mixtral", tmp_path)
+    model = open_model(tmp_path)
+    gates = _gates_frame(model)
+    routing, coactivation, _ = routing_tables(model, gates, 128, 0).tables()
+    sources = ["router_l1", "router_cosine", "router_l2", "weight_l2", "weight_cosine", "function"]
+    tables = []
+    for layer in (0, 1):
+        matrices, warnings = layer_distances(
+            model, layer, sources + ["coactivation"], gates, coactivation, 64
+        )
+        assert not warnings and set(matrices) == set(sources) | {"coactivation"}
+        tables.append(pd.DataFrame(pairs_table(layer, matrices)))
+    clusters, redundancy = cluster_tables(pd.concat(tables), ["r0.25"], {}, "average")
+    expected = {frozenset(g) for g in groups} | {frozenset([5]), frozenset([6])}
+    for source in sources:
+        for method in ("components", "average"):
+            rows = clusters[
+                (clusters.layer == 0) & (clusters.source == source) & (clusters.method == method)
+            ]
+            found = {frozenset(g.expert) for _, g in rows.groupby("cluster")}
+            assert found == expected, (source, method)
+        row = redundancy[(redundancy.layer == 0) & (redundancy.source == source)].iloc[0]
+        assert row.redundant_pairs == 3 + 1 + 3 and row.n_groups == 3 and row.largest_group == 3
+        distinct = redundancy[(redundancy.layer == 1) & (redundancy.source == source)].iloc[0]
+        assert distinct.redundant_pairs == 0 and distinct.n_groups == 0, source

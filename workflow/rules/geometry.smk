@@ -1,0 +1,60 @@
+rule expert_geometry:
+    input:
+        inventory="results/{model}/inventory.parquet",
+        gates="results/{model}/gates.parquet",
+        coactivation="results/{model}/coactivation.parquet",
+    output:
+        "results/{model}/geometry/{layer}.parquet",
+    log:
+        "logs/{model}/geometry/{layer}.log",
+    conda:
+        "../envs/moetopo.yaml"
+    threads: get_geometry_threads
+    resources:
+        mem_mb=get_geometry_mb,
+    params:
+        path=get_model_path,
+        family=lambda wc: SHEET.family(wc.model),
+        sources=config["geometry"]["sources"],
+        function_tokens=config["geometry"]["function_tokens"],
+        seed=config["routing"]["seed"],
+        chunk_mb=config["geometry"]["chunk_mb"],
+    script:
+        "../../scripts/expert_geometry.py"
+
+
+rule expert_distances:
+    input:
+        get_layer_geometry,
+    output:
+        "results/{model}/expert_distances.parquet",
+    log:
+        "logs/{model}/expert_distances.log",
+    conda:
+        "../envs/moetopo.yaml"
+    threads: 1
+    resources:
+        mem_mb=1024,
+    script:
+        "../../scripts/gather.py"
+
+
+rule clusters:
+    input:
+        "results/{model}/expert_distances.parquet",
+    output:
+        clusters="results/{model}/clusters.parquet",
+        redundancy="results/{model}/redundancy.parquet",
+    log:
+        "logs/{model}/clusters.log",
+    conda:
+        "../envs/moetopo.yaml"
+    threads: 1
+    resources:
+        mem_mb=1024,
+    params:
+        thresholds=config["clusters"]["thresholds"],
+        absolute=config["clusters"]["absolute"],
+        linkage=config["clusters"]["linkage"],
+    script:
+        "../../scripts/clusters.py"
