@@ -9,12 +9,16 @@ from scipy.spatial.distance import pdist, squareform
 
 from moetopo.experts import read_expert
 from moetopo.fixtures import plant_groups, random_model, write_family
-from moetopo.geometry import coactivation_distances, function_distances, weight_distances
+from moetopo.geometry import (
+    coactivation_distances,
+    function_distances,
+    pairs_table,
+    weight_distances,
+)
 from moetopo.model import open_model
 from moetopo.stages.clusters import cluster_tables
 from moetopo.stages.gates import gate_rows
 from moetopo.stages.geometry import layer_distances
-from moetopo.geometry import pairs_table
 from moetopo.stages.routing import routing_tables
 
 
