@@ -63,12 +63,13 @@ class CenteredGram:
         self.mean_sq = 0.0  # <mean, mean>
 
     def add(self, chunk: np.ndarray) -> None:
+        """Add a C-ordered float64 [E, c] chunk; it is centred in place (and so consumed)."""
         mean = chunk.mean(axis=0)
-        centred = chunk - mean
-        # dsyrk with trans=1 on the [c, E] Fortran view of a C-ordered [E, c] block: C += A^T A
-        self.centred = dsyrk(1.0, centred.T, beta=1.0, c=self.centred, trans=1, overwrite_c=1)
         self.dot_mean += chunk @ mean
         self.mean_sq += float(mean @ mean)
+        chunk -= mean
+        # dsyrk with trans=1 on the [c, E] Fortran view of the C-ordered [E, c] chunk: C += A^T A
+        self.centred = dsyrk(1.0, chunk.T, beta=1.0, c=self.centred, trans=1, overwrite_c=1)
 
     def distances(self) -> tuple[np.ndarray, np.ndarray]:
         """(Euclidean distance matrix, cosine distance matrix)."""
@@ -121,26 +122,20 @@ def function_distances(
 
     d(i, j) = mean_x ||f_i(x) - f_j(x)||^2 / ((mean_x ||f_i||^2 + mean_x ||f_j||^2) / 2),
     which ignores how an expert orders its hidden units (weight distances do not).
-    ``experts(e)`` returns expert e's weights; they are re-read per token chunk unless
-    the layer fits in the chunk budget.
+    ``experts(e)`` returns expert e's weights, read again for each chunk of tokens, so
+    memory holds one expert and one chunk of outputs.
     """
     n_tokens, hidden = tokens.shape
-    step = max(1, chunk_bytes // (4 * n_experts * hidden))
+    step = max(1, chunk_bytes // (8 * n_experts * hidden))
     gram = CenteredGram(n_experts)
     sq_norms = np.zeros(n_experts)
-    cache: dict[int, ExpertWeights] = {}
     for t0 in range(0, n_tokens, step):
         x = tokens[t0 : t0 + step]
         outputs = np.empty((n_experts, x.shape[0] * hidden), dtype=np.float64)
         for e in range(n_experts):
-            weights = cache.get(e) or experts(e)
-            if step >= n_tokens:
-                cache[e] = weights  # a single chunk: no re-read happens anyway
-            out = expert_output(weights, x, activation, limit).astype(np.float64).ravel()
-            outputs[e] = out
-            sq_norms[e] += out @ out
+            outputs[e] = expert_output(experts(e), x, activation, limit).ravel()
+            sq_norms[e] += outputs[e] @ outputs[e]
         gram.add(outputs)
-        cache.clear()
     l2, _ = gram.distances()
     mean_norm = sq_norms / n_tokens
     scale = (mean_norm[:, None] + mean_norm[None, :]) / 2.0

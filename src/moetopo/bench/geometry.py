@@ -1,0 +1,156 @@
+"""Benchmark: exact streamed Gram distances of one Qwen3-30B-A3B-shaped layer.
+
+128 experts, hidden 2048, expert intermediate 768, BF16 (1.2 GB of real random
+bytes). Each measurement runs in a fresh process: moetopo's weight distances
+(reading, dequantising, centring, float64 Gram) against a plain numpy matmul
+X @ X.T of the same [experts, parameters] shape in float64 (the Gram's precision)
+and float32, and moetopo's function distances per 1k probe tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .layouts import Spec, write_sparse
+from .measure import in_fresh_process
+
+HIDDEN, INTER, EXPERTS = 2048, 768, 128
+
+
+def qwen3_layer_config(n_experts: int) -> dict:
+    return {
+        "architectures": ["Qwen3MoeForCausalLM"],
+        "model_type": "qwen3_moe",
+        "hidden_size": HIDDEN,
+        "moe_intermediate_size": INTER,
+        "intermediate_size": 6144,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "head_dim": 128,
+        "num_experts": n_experts,
+        "num_experts_per_tok": 8,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "norm_topk_prob": True,
+        "vocab_size": 151936,
+        "rms_norm_eps": 1e-6,
+    }
+
+
+def qwen3_layer_tensors(n_experts: int) -> list[Spec]:
+    p = "model.layers.0."
+    tensors = [
+        Spec("model.embed_tokens.weight", "BF16", (4096, HIDDEN), True),
+        Spec(p + "input_layernorm.weight", "BF16", (HIDDEN,), True),
+        Spec(p + "post_attention_layernorm.weight", "BF16", (HIDDEN,), True),
+        Spec(p + "self_attn.q_proj.weight", "BF16", (4096, HIDDEN)),
+        Spec(p + "self_attn.k_proj.weight", "BF16", (512, HIDDEN)),
+        Spec(p + "self_attn.v_proj.weight", "BF16", (512, HIDDEN)),
+        Spec(p + "self_attn.o_proj.weight", "BF16", (HIDDEN, 4096)),
+        Spec(p + "self_attn.q_norm.weight", "BF16", (128,), True),
+        Spec(p + "self_attn.k_norm.weight", "BF16", (128,), True),
+        Spec(p + "mlp.gate.weight", "BF16", (n_experts, HIDDEN), True),
+    ]
+    for e in range(n_experts):
+        q = f"{p}mlp.experts.{e}."
+        tensors += [
+            Spec(q + "gate_proj.weight", "BF16", (INTER, HIDDEN), True),
+            Spec(q + "up_proj.weight", "BF16", (INTER, HIDDEN), True),
+            Spec(q + "down_proj.weight", "BF16", (HIDDEN, INTER), True),
+        ]
+    tensors += [Spec("model.norm.weight", "BF16", (HIDDEN,), True)]
+    tensors += [Spec("lm_head.weight", "BF16", (4096, HIDDEN))]
+    return tensors
+
+
+def ours(model_dir: str, chunk_mb: int) -> float:
+    from ..geometry import weight_distances
+    from ..model import open_model
+
+    model = open_model(model_dir)
+    distances = weight_distances(model.reader, model.layout.layers[0], chunk_mb << 20)
+    return float(distances["weight_l2"].mean())
+
+
+def plain_matmul(n_experts: int, n_params: int, dtype: str) -> float:
+    """X @ X.T on an in-memory [experts, params] matrix: the rate to compare against."""
+    rng = np.random.default_rng(0)
+    x = np.empty((n_experts, n_params), dtype=dtype)
+    step = 1 << 20
+    for start in range(0, n_params, step):
+        x[:, start : start + step] = rng.standard_normal((n_experts, min(step, n_params - start)))
+    start = time.perf_counter()
+    gram = x @ x.T
+    elapsed = time.perf_counter() - start
+    return elapsed + 0 * float(gram[0, 0])
+
+
+def function_time(model_dir: str, tokens: int) -> float:
+    from ..geometry import layer_function_distances
+    from ..model import open_model
+    from ..probes import normalised_embeddings, probe_token_ids
+
+    model = open_model(model_dir)
+    x = normalised_embeddings(model, probe_token_ids(model, tokens, 0))
+    start = time.perf_counter()
+    layer_function_distances(model.reader, model.layout.layers[0], x, "swiglu")
+    return time.perf_counter() - start
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m moetopo.bench geometry", description=__doc__)
+    parser.add_argument("--workdir", help="where to write the layer (default: a temp dir)")
+    parser.add_argument("--experts", type=int, default=EXPERTS)
+    parser.add_argument("--chunk-mb", type=int, default=256)
+    parser.add_argument(
+        "--tokens", type=int, default=256, help="probe tokens for the function timing"
+    )
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        model = write_sparse(
+            Path(tmp) / "qwen3",
+            qwen3_layer_config(args.experts),
+            qwen3_layer_tensors(args.experts),
+            4,
+        )
+        n_params = 3 * INTER * HIDDEN
+        layer_mib = args.experts * n_params * 2 / 2**20
+        flops = 2.0 * args.experts**2 * n_params
+        print(f"layer: {args.experts} experts x {n_params:,} BF16 parameters = {layer_mib:.0f} MiB")
+        results = {}
+        for label, func, fargs in (
+            ("moetopo weight distances", ours, (str(model), args.chunk_mb)),
+            ("plain numpy matmul float64", plain_matmul, (args.experts, n_params, "float64")),
+            ("plain numpy matmul float32", plain_matmul, (args.experts, n_params, "float32")),
+        ):
+            m = in_fresh_process(func, *fargs)
+            seconds = m.seconds if label.startswith("moetopo") else m.result
+            results[label] = (seconds, m.peak_rss_mib)
+            print(
+                f"{label:30s} {seconds:8.2f} s  {flops / seconds / 1e9:7.1f} GFLOP/s-equivalent"
+                f"  peak RSS {m.peak_rss_mib:7.0f} MiB"
+            )
+        ours_s, ours_rss = results["moetopo weight distances"]
+        for label in ("plain numpy matmul float64", "plain numpy matmul float32"):
+            print(
+                f"rate of moetopo / {label}: {results[label][0] / ours_s:.2f}"
+                " (goal >= 0.5 against float64)"
+            )
+        budget = args.chunk_mb + 0.2 * layer_mib
+        print(
+            f"peak RSS {ours_rss:.0f} MiB vs chunk + 20% of layer = {budget:.0f} MiB "
+            "(RSS includes the interpreter and numpy, ~60 MiB)"
+        )
+        m = in_fresh_process(function_time, str(model), args.tokens)
+        print(
+            f"function distances: {m.result:.2f} s for {args.tokens} tokens = "
+            f"{m.result * 1000 / args.tokens:.2f} s per 1k probe tokens,"
+            f" peak RSS {m.peak_rss_mib:.0f} MiB"
+        )
+    return 0

@@ -1,0 +1,165 @@
+"""Benchmark: the per-layer topology stage (``layer_topology``) against a naive reimplementation.
+
+Experts are random points in R^32 (so the distances look like real expert distances: all
+similar, none tiny), the scale is the 0.3 quantile (~30% edge density), and every part runs:
+persistence, the Procrustes sheaf (d = 2, in_dim 64), the Hodge decomposition and HodgeCover
+with a cheap synthetic merge barrier and the triangle cap. The naive version builds the same
+complex with Python loops over vertex triples, dense boundary matrices and coboundary in
+loops, Betti numbers and sheaf ranks with numpy.linalg.matrix_rank and the Hodge parts with
+dense least squares; it runs in a child process, given ``--naive-timeout`` seconds, and
+larger sizes are skipped once it fails to finish or its dense matrices would not fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import time
+
+import numpy as np
+from scipy.spatial.distance import pdist, squareform
+
+from moetopo.topology.complex import epsilon_at_quantile, rips_complex
+from moetopo.topology.hodgecover import hodgecover_ranking
+from moetopo.topology.layer import TopologyParams, layer_topology
+from moetopo.topology.persistence import vietoris_rips_diagrams
+from moetopo.topology.sheaf import leading_input_directions, procrustes_maps
+
+
+def synthetic_layer(n: int, dim: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    points = rng.normal(size=(n, dim))
+    weights = rng.normal(size=(n, 128, 64))  # stacked gate/up rows, in_dim 64
+    rate = np.triu(rng.uniform(0.0, 0.2, size=(n, n)), 1)
+    return {
+        "points": points,
+        "distances": squareform(pdist(points)),
+        "frames": np.stack([leading_input_directions(w, 2) for w in weights]),
+        "coactivation": rate + rate.T,
+        "load": rng.dirichlet(np.ones(n)),
+    }
+
+
+def ours(case: dict, quantile: float) -> dict:
+    points = case["points"]
+
+    def merge_barrier(experts: tuple[int, ...]) -> float:
+        group = points[list(experts)]
+        return float(np.linalg.norm(group - group.mean(axis=0), axis=1).mean())
+
+    start = time.perf_counter()
+    out = layer_topology(
+        0,
+        {"function": case["distances"]},
+        coactivation=case["coactivation"],
+        load=case["load"],
+        frames=case["frames"],
+        merge_barrier=merge_barrier,
+        params=TopologyParams(epsilon_quantiles=(quantile,)),
+    )
+    row = out.hodge.iloc[0]
+    return {
+        "seconds": time.perf_counter() - start,
+        "n_edges": int(row["n_edges"]),
+        "n_triangles": int(row["n_triangles"]),
+        "b1": int(row["betti1"]),
+        "h0": int(out.sheaf["h0"].iloc[0]),
+    }
+
+
+def naive(case: dict, quantile: float) -> dict:
+    """The same layer with textbook dense linear algebra and Python loops over simplices."""
+    start = time.perf_counter()
+    d = case["distances"]
+    n = len(d)
+    vietoris_rips_diagrams(d)
+    eps = epsilon_at_quantile(d, quantile)
+    edges = [(i, j) for i in range(n) for j in range(i + 1, n) if d[i, j] <= eps]
+    index = {e: k for k, e in enumerate(edges)}
+    triangles = [
+        (i, j, k)
+        for i in range(n)
+        for j in range(i + 1, n)
+        for k in range(j + 1, n)
+        if (i, j) in index and (i, k) in index and (j, k) in index
+    ]
+    b1m = np.zeros((n, len(edges)))
+    for e, (i, j) in enumerate(edges):
+        b1m[i, e], b1m[j, e] = -1.0, 1.0
+    b2m = np.zeros((len(edges), len(triangles)))
+    for t, (i, j, k) in enumerate(triangles):
+        b2m[index[j, k], t], b2m[index[i, k], t], b2m[index[i, j], t] = 1.0, -1.0, 1.0
+    betti1 = len(edges) - np.linalg.matrix_rank(b1m) - np.linalg.matrix_rank(b2m)
+    signal = np.array([d[e] for e in edges])
+    gradient = b1m.T @ np.linalg.lstsq(b1m.T, signal, rcond=None)[0]
+    curl = b2m @ np.linalg.lstsq(b2m, signal, rcond=None)[0]
+    harmonic = signal - gradient - curl
+    maps = procrustes_maps(case["frames"], np.array(edges))
+    delta = np.zeros((2 * len(edges), 2 * n))
+    for e, (i, j) in enumerate(edges):
+        w = np.sqrt(case["coactivation"][i, j])
+        delta[2 * e : 2 * e + 2, 2 * j : 2 * j + 2] = w * np.eye(2)
+        delta[2 * e : 2 * e + 2, 2 * i : 2 * i + 2] = -w * maps[e]
+    h0 = 2 * n - np.linalg.matrix_rank(delta)
+    np.linalg.eigvalsh(delta.T @ delta)
+    hodgecover_ranking(rips_complex(d, eps), harmonic, np.zeros(len(triangles)), case["load"])
+    return {"seconds": time.perf_counter() - start, "b1": int(betti1), "h0": int(h0)}
+
+
+def _child(queue, n: int, dim: int, seed: int, quantile: float) -> None:
+    queue.put(naive(synthetic_layer(n, dim, seed), quantile))
+
+
+def run_naive(n: int, dim: int, seed: int, quantile: float, timeout: float) -> dict | None:
+    """``naive`` in a spawned process; None when it does not finish within ``timeout``."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(queue, n, dim, seed, quantile))
+    process.start()
+    process.join(timeout)
+    if process.is_alive():
+        process.terminate()
+        process.join()
+        return None
+    return queue.get() if process.exitcode == 0 else None
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m moetopo.bench topology", description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 64, 128, 256, 384])
+    parser.add_argument("--dim", type=int, default=32, help="embedding dimension of the experts")
+    parser.add_argument("--quantile", type=float, default=0.3, help="scale: distance quantile")
+    parser.add_argument("--naive-timeout", type=float, default=60.0)
+    parser.add_argument("--naive-max-gib", type=float, default=4.0, help="skip larger dense B2")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    ours(synthetic_layer(8, args.dim, args.seed), args.quantile)  # warm imports and caches
+    header = (
+        f"{'experts':>7} {'edges':>7} {'triangles':>9} {'b1':>3} {'ours s':>8} "
+        f"{'naive s':>8} {'ratio':>7} {'us/tri':>7}"
+    )
+    print(header)
+    naive_alive = True
+    for n in args.sizes:
+        result = ours(synthetic_layer(n, args.dim, args.seed), args.quantile)
+        naive_cell, ratio = "-", "-"
+        gib = 8 * result["n_edges"] * result["n_triangles"] / 2**30
+        if naive_alive and gib > args.naive_max_gib:
+            naive_alive, naive_cell = False, f">{args.naive_max_gib:g}GiB"
+        elif naive_alive:
+            slow = run_naive(n, args.dim, args.seed, args.quantile, args.naive_timeout)
+            if slow is None:
+                naive_alive, naive_cell = False, f">{args.naive_timeout:g}"
+            else:
+                if (slow["b1"], slow["h0"]) != (result["b1"], result["h0"]):
+                    raise AssertionError(f"naive and ours disagree at n={n}: {slow} vs {result}")
+                naive_cell = f"{slow['seconds']:.2f}"
+                ratio = f"{slow['seconds'] / result['seconds']:.1f}x"
+        per_triangle = 1e6 * result["seconds"] / max(1, result["n_triangles"])
+        print(
+            f"{n:>7} {result['n_edges']:>7} {result['n_triangles']:>9} {result['b1']:>3} "
+            f"{result['seconds']:>8.2f} {naive_cell:>8} {ratio:>7} {per_triangle:>7.2f}",
+            flush=True,
+        )
+    return 0
