@@ -145,10 +145,13 @@ def capture_logits(
 
         handles.append(module.register_forward_hook(hook))
     model.eval()
+    device = next(model.parameters()).device
     try:
         with torch.no_grad():
             for rows in batches(ids, seq_len, batch_size):
-                model(input_ids=torch.tensor(rows, dtype=torch.long), use_cache=False)
+                model(
+                    input_ids=torch.tensor(rows, dtype=torch.long, device=device), use_cache=False
+                )
     finally:
         for h in handles:
             h.remove()

@@ -11,6 +11,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .errors import CheckpointError, NoMoELayersError
 from .families import FamilySpec, match_family
@@ -24,9 +25,8 @@ _ANY_LAYER = re.compile(r"(?:^|\.)(?:layers|blocks|block|blk|h)\.(\d+)\.")
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TensorRole:
-    """Classification of one logical tensor."""
+class TensorRole(NamedTuple):
+    """Classification of one logical tensor (a NamedTuple: built for 100k+ tensors)."""
 
     name: str
     role: str
@@ -206,7 +206,7 @@ def _family(config, logical, family, warnings, checkpoint) -> tuple[FamilySpec, 
 
 def _inactive(spec: FamilySpec, name: str) -> bool:
     """Under a prefix the text model never runs (a vision tower): counted, not classified."""
-    return any(name.startswith(p) for p in spec.inactive_prefixes)
+    return bool(spec.inactive_prefixes) and name.startswith(spec.inactive_prefixes)
 
 
 def _classify(spec: FamilySpec, name: str) -> TensorRole:

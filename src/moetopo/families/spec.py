@@ -51,6 +51,7 @@ LAYER_SLOTS = ("layer", "encoder_layer", "decoder_layer", "mtp_layer")
 _PLACEHOLDER = re.compile(r"\{(layer|encoder_layer|decoder_layer|mtp_layer|expert)\}")
 _ALTERNATIVES = re.compile(r"\{([^{}]*,[^{}]*)\}")
 _DIGITS = re.compile(r"\d+")
+_DIGIT_SPLIT = re.compile(r"(\d+)")
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,10 @@ class Template:
     def match(self, numbers: list[str]) -> dict[str, int] | None:
         found: dict[str, int] = {}
         for slot, text in zip(self.slots, numbers, strict=True):
-            value = int(text)
-            if isinstance(slot, int):
-                if value != slot:
+            if slot.__class__ is int:
+                if int(text) != slot:
                     return None
-            elif found.setdefault(slot, value) != value:
+            elif found.setdefault(slot, int(text)) != int(text):
                 return None
         return found
 
@@ -133,7 +133,8 @@ def _index(spec: FamilySpec) -> dict[str, list[Template]]:
 
 def skeleton(name: str) -> tuple[str, list[str]]:
     """A tensor name with digit runs replaced by ``#``, and the digit runs."""
-    return _DIGITS.sub("#", name), _DIGITS.findall(name)
+    parts = _DIGIT_SPLIT.split(name)
+    return "#".join(parts[0::2]), parts[1::2]
 
 
 def compile_template(role: str, pattern: str, **attrs) -> list[Template]:
