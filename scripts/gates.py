@@ -1,15 +1,16 @@
+import json
+from pathlib import Path
+
 from moetopo.artefacts import stream_table
-from moetopo.model import open_model
 from moetopo.snake import log, run
-from moetopo.stages.gates import gate_batches
+from moetopo.stages.gates import Routers, gate_batches
 
 
 def main(snakemake):
-    model = open_model(
-        snakemake.params.path, snakemake.params.family, inventory=snakemake.input.inventory
-    )
+    summary = json.loads(Path(snakemake.input.summary).read_text())
+    routers = Routers.from_inventory(snakemake.params.path, snakemake.input.inventory, summary)
     with stream_table(snakemake.output[0], "gates") as out:
-        for batch in gate_batches(model, out.warnings):
+        for batch in gate_batches(routers, out.warnings):
             out.write(batch)
     for warning in out.warnings:
         log.warning("%s", warning)

@@ -1,6 +1,7 @@
 rule gates:
     input:
         inventory="results/{model}/inventory.parquet",
+        summary="results/{model}/model.json",
     output:
         "results/{model}/gates.parquet",
     log:
@@ -12,6 +13,5 @@ rule gates:
         mem_mb=lambda wc: 512 + 3 * get_router_mb(wc),
     params:
         path=get_model_path,
-        family=lambda wc: SHEET.family(wc.model),
     script:
         "../../scripts/gates.py"

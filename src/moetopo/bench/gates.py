@@ -12,6 +12,7 @@ import argparse
 import json
 import struct
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,21 +21,31 @@ from .layouts import deepseek_v3_config, deepseek_v3_tensors, write_sparse
 from .measure import in_fresh_process
 
 
-def ours(model_dir: str, out_dir: str) -> int:
-    """The inventory (per shard, then merge) and gates jobs, in sequence."""
+def ours(model_dir: str, out_dir: str) -> tuple[int, dict[str, float]]:
+    """The inventory (per shard, then merge) and gates jobs, in sequence, timed by phase."""
     from ..artefacts import read_columns, stream_table, write_json, write_table
     from ..io.checkpoint import list_shards
-    from ..model import open_model
-    from ..stages.gates import gate_batches
+    from ..stages.gates import Routers, gate_batches
     from ..stages.inventory import merge_inventory, shard_rows
 
     out = Path(out_dir)
+    phases: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        phases[name] = now - clock
+        clock = now
+
     paths = []
     for shard in list_shards(model_dir).shards:
         rows, meta = shard_rows(Path(model_dir) / shard)
         paths.append(out / "inventory" / f"{shard}.parquet")
         write_table(rows, paths[-1], "shard_header", sort_by=["offset_begin"], extra=meta)
+    lap("inventory_shard: parse + write 163 headers")
     inventory, summary, _ = merge_inventory(model_dir, [read_columns(p) for p in paths])
+    lap("inventory merge: verify + classify")
     write_table(
         inventory,
         out / "inventory.parquet",
@@ -43,13 +54,15 @@ def ours(model_dir: str, out_dir: str) -> int:
         extra={"shards": summary["shards"]},
     )
     write_json(summary, out / "model.json")
-    model = open_model(model_dir, inventory=out / "inventory.parquet")
+    lap("inventory merge: write inventory")
+    routers = Routers.from_inventory(model_dir, out / "inventory.parquet", summary)
     n_rows = 0
     with stream_table(out / "gates.parquet", "gates") as stream:
-        for batch in gate_batches(model, stream.warnings):
+        for batch in gate_batches(routers, stream.warnings):
             stream.write(batch)
             n_rows += len(batch["expert"])
-    return n_rows
+    lap("gates: read routers + write")
+    return n_rows, phases
 
 
 def tight_loop(model_dir: str) -> int:
@@ -107,10 +120,13 @@ def main(argv: list[str]) -> int:
         ):
             m = in_fresh_process(func, str(model), *extra)
             rows.append((label, m))
+            count, phases = m.result if isinstance(m.result, tuple) else (m.result, {})
             print(
                 f"{label:45s} {m.seconds:8.2f} s  peak RSS {m.peak_rss_mib:8.0f} MiB"
-                f"  ({m.result} router rows)"
+                f"  ({count} router rows)"
             )
+            for phase, seconds in phases.items():
+                print(f"    {phase:41s} {seconds:8.2f} s")
         (_, full_ours), (_, tight), (_, small_ours), (_, slow) = rows
         print(
             f"\nfull layout: moetopo / tight loop = {full_ours.seconds / tight.seconds:.2f}x time "

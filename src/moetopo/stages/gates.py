@@ -3,47 +3,105 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
+from ..io.checkpoint import Checkpoint, list_shards, read_config
+from ..io.header import TensorEntry
+from ..io.reader import TensorReader
 from ..model import OpenModel
+
+
+@dataclass
+class Routers:
+    """What the gates stage reads: each MoE layer's router (and bias) and a reader for them."""
+
+    reader: TensorReader
+    layers: list[tuple[int, str, str | None]]  # (layer, router, router bias)
+    bias_kind: str  # "logit" or "selection"
+
+    @classmethod
+    def of_model(cls, model: OpenModel) -> Routers:
+        layout = model.layout
+        layers = [
+            (m.layer, m.router, m.router_bias) for m in map(layout.layers.get, layout.moe_layers)
+        ]
+        return cls(model.reader, layers, layout.routing["router_bias"])
+
+    @classmethod
+    def from_inventory(cls, path: str | Path, inventory: str | Path, summary: dict) -> Routers:
+        """Only the router rows of the inventory: no header parsing, no classification, so
+        the cost follows the number of routers, not the 100k tensors of a large model."""
+        layers = [
+            (int(layer), info["router"], info["router_bias"])
+            for layer, info in sorted(summary["layers"].items(), key=lambda kv: int(kv[0]))
+        ]
+        wanted = {name for _, router, bias in layers for name in (router, bias) if name}
+        table = pq.read_table(
+            inventory,
+            columns=["tensor", "shard", "dtype", "shape", "offset_begin", "offset_end", "logical"],
+        )
+        table = table.filter(
+            pc.is_in(table["logical"], value_set=pa.array(sorted(wanted), pa.string()))
+        )
+        tensors = {
+            row["tensor"]: TensorEntry(
+                row["tensor"],
+                row["shard"],
+                row["dtype"],
+                tuple(row["shape"]),
+                row["offset_begin"],
+                row["offset_end"],
+            )
+            for row in table.to_pylist()
+        }
+        listing = list_shards(path)
+        checkpoint = Checkpoint(
+            listing.root, listing.shards, {}, tensors, read_config(listing.root)
+        )
+        return cls(TensorReader(checkpoint), layers, summary["routing"]["router_bias"])
 
 
 def gate_rows(model: OpenModel) -> tuple[dict[str, np.ndarray], list[str]]:
     """All gate rows in memory (tests and small models); the stage streams :func:`gate_batches`."""
     warnings: list[str] = []
-    frames = list(gate_batches(model, warnings))
+    frames = list(gate_batches(Routers.of_model(model), warnings))
     return {k: np.concatenate([f[k] for f in frames]) for k in frames[0]}, warnings
 
 
-def gate_batches(model: OpenModel, warnings: list[str]) -> Iterator[dict[str, np.ndarray]]:
+def gate_batches(routers: Routers, warnings: list[str]) -> Iterator[dict[str, np.ndarray]]:
     """Per MoE layer: rows (layer, expert, weight, bias, selection_bias, norm, finite).
 
     A router with NaN or Inf is kept, flagged per row and reported in ``warnings``,
     so the analysis can continue on the layers and experts that are sound.
     """
-    layout, reader = model.layout, model.reader
-    for layer in layout.moe_layers:
-        moe = layout.layers[layer]
-        weight = reader.read(moe.router)
-        bias = np.full(moe.n_experts, np.nan, dtype=np.float32)
-        selection = np.full(moe.n_experts, np.nan, dtype=np.float32)
+    reader = routers.reader
+    for layer, router, router_bias in routers.layers:
+        weight = reader.read(router)
+        n_experts = weight.shape[0]
+        bias = np.full(n_experts, np.nan, dtype=np.float32)
+        selection = np.full(n_experts, np.nan, dtype=np.float32)
         finite = np.isfinite(weight).all(axis=1)
-        if moe.router_bias is not None:
-            values = reader.read(moe.router_bias).reshape(-1)
-            (selection if layout.routing["router_bias"] == "selection" else bias)[:] = values
+        if router_bias is not None:
+            values = reader.read(router_bias).reshape(-1)
+            (selection if routers.bias_kind == "selection" else bias)[:] = values
             finite &= np.isfinite(values)
         if not finite.all():
             bad = np.flatnonzero(~finite).tolist()
             warnings.append(
-                f"layer {layer}: router {moe.router} has non-finite values (NaN/Inf) in experts "
+                f"layer {layer}: router {router} has non-finite values (NaN/Inf) in experts "
                 f"{bad[:10]}{' ...' if len(bad) > 10 else ''}; they are flagged finite=false"
             )
         with np.errstate(invalid="ignore", over="ignore"):
             norm = np.linalg.norm(weight, axis=1).astype(np.float64)
         yield {
-            "layer": np.full(moe.n_experts, layer),
-            "expert": np.arange(moe.n_experts),
+            "layer": np.full(n_experts, layer),
+            "expert": np.arange(n_experts),
             "weight": weight,
             "bias": bias,  # NaN (stored as null) where the family has no logit bias
             "selection_bias": selection,
