@@ -1,0 +1,320 @@
+"""All topology of one MoE layer: persistence, sheaf, Hodge and HodgeCover tables.
+
+Every result depends on the experts only through the inputs, never through their ids:
+relabelling the experts relabels the rows and changes nothing else (up to exact ties).
+That is why the Hodge flow is oriented by a property of the experts rather than by id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
+
+from moetopo.topology.complex import (
+    RipsComplex,
+    check_distance_matrix,
+    epsilon_at_quantile,
+    rips_complex,
+)
+from moetopo.topology.hodge import betti1, harmonic_critical_edges, hodge_decomposition
+from moetopo.topology.hodgecover import (
+    MergeBarrier,
+    group_representative_ranking,
+    hodgecover_ranking,
+    load_ranking,
+    triplet_barrier,
+)
+from moetopo.topology.persistence import (
+    NoiseMode,
+    check_coefficient,
+    noise_floor,
+    summarize,
+    vietoris_rips_diagrams,
+)
+from moetopo.topology.sheaf import sheaf_cohomology
+
+
+@dataclass(frozen=True)
+class TopologyParams:
+    """Stage parameters of the per-layer topology (the cohomology stage's config)."""
+
+    maxdim: int = 1  # highest homology dimension of the persistence diagrams (2 is costly)
+    coeff: int = 127  # prime coefficient field of all homology (see vietoris_rips_diagrams)
+    noise_floor: float = 0.05  # bars with persistence <= floor are noise
+    noise_floor_mode: NoiseMode = "relative"  # relative: x median pairwise distance
+    epsilon_quantiles: tuple[float, ...] = (0.3,)  # scales of the complexes
+    stalk_dim: int = 2
+    rtol: float = 1e-8  # sheaf rank tolerance
+    n_eigenvalues: int = 6
+    hodge_signal: str = "function"  # edge signal source; falls back to the first source
+    n_critical_edges: int = 20
+    max_triangles: int = 2000  # triplet barriers evaluated (each may cost a forward pass)
+    keep_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)  # HodgeCover budgets
+
+    def __post_init__(self) -> None:
+        check_coefficient(self.coeff)
+        if self.maxdim not in (0, 1, 2):
+            raise ValueError(f"maxdim must be 0, 1 or 2, got {self.maxdim}")
+        if not all(0 <= q <= 1 for q in self.epsilon_quantiles):
+            raise ValueError(f"epsilon quantiles must lie in [0, 1]: {self.epsilon_quantiles}")
+        if not all(0 < f <= 1 for f in self.keep_fractions):
+            raise ValueError(f"keep fractions must lie in (0, 1]: {self.keep_fractions}")
+        if min(self.stalk_dim, self.n_eigenvalues, self.max_triangles) < 1:
+            raise ValueError("stalk_dim, n_eigenvalues and max_triangles must be positive")
+        if min(self.rtol, self.noise_floor, self.n_critical_edges) < 0:
+            raise ValueError("rtol, noise_floor and n_critical_edges must be non-negative")
+
+
+@dataclass(frozen=True)
+class LayerTopology:
+    """The layer's tables (DESIGN.md columns plus a few) and headline figures."""
+
+    persistence: pd.DataFrame
+    sheaf: pd.DataFrame
+    hodge: pd.DataFrame
+    critical_edges: pd.DataFrame
+    hodgecover: pd.DataFrame
+    summary: dict[str, float | int] = field(default_factory=dict)
+
+
+SHEAF_COLUMNS = [
+    "layer", "source", "quantile", "epsilon", "stalk_dim", "h0", "h1", "eigenvalues", "rtol",
+    "n_edges",
+]  # fmt: skip
+HODGE_COLUMNS = [
+    "layer", "source", "quantile", "epsilon", "signal_source", "gradient_energy",
+    "curl_energy", "harmonic_energy", "harmonic_fraction", "betti1", "n_edges", "n_triangles",
+    "orthogonality", "iterations",
+]  # fmt: skip
+CRITICAL_COLUMNS = [
+    "layer", "source", "quantile", "epsilon", "rank", "tail", "head", "signal", "harmonic",
+]  # fmt: skip
+PERSISTENCE_COLUMNS = [
+    "layer", "source", "dim", "birth", "death", "persistence", "significant", "noise_floor",
+]  # fmt: skip
+HODGECOVER_COLUMNS = ["layer", "method", "keep", "expert", "kept", "rank"]
+
+
+def layer_topology(
+    layer: int,
+    distances: Mapping[str, np.ndarray],
+    *,
+    coactivation: np.ndarray | None = None,
+    load: np.ndarray | None = None,
+    frames: np.ndarray | None = None,
+    merge_barrier: MergeBarrier | None = None,
+    groups: np.ndarray | None = None,
+    params: TopologyParams = TopologyParams(),
+) -> LayerTopology:
+    """Topology of one layer from its expert distance matrices (one per source).
+
+    - persistence: every source, H0..H``maxdim``, bars marked against the noise floor.
+    - hodge: for every source and scale, the complex of that source at the scale's
+      quantile, carrying the signal source's distances as flow. Each edge's flow runs from
+      the more central expert (smaller total signal distance to all others) to the other.
+    - sheaf: same complexes, when ``frames`` ([n, in_dim, >= stalk_dim]) are given; edge
+      weights are the symmetric ``coactivation`` rates (1 when None).
+    - hodgecover: on the signal source's complex at the first scale, with triplet barriers
+      from ``merge_barrier`` (none when None); the load and group baselines need ``load``.
+      ``groups`` defaults to single-linkage groups of the signal source at the noise floor.
+    """
+    sources = {name: check_distance_matrix(d) for name, d in distances.items()}
+    if not sources:
+        raise ValueError("need at least one distance source")
+    n = len(next(iter(sources.values())))
+    if n < 2 or any(d.shape != (n, n) for d in sources.values()):
+        raise ValueError("all distance matrices must be n x n with n >= 2")
+    signal_name = params.hodge_signal if params.hodge_signal in sources else next(iter(sources))
+    signal = sources[signal_name]
+    weights = _edge_weights(coactivation, n)
+    if load is not None:
+        load = np.asarray(load, dtype=np.float64)
+        if load.shape != (n,) or not np.all(np.isfinite(load)):
+            raise ValueError(f"load must be {n} finite values, one per expert")
+    if groups is not None and np.shape(groups) != (n,):
+        raise ValueError(f"groups must give one label per expert ({n})")
+    summary: dict[str, float | int] = {"n_experts": n}
+    persistence, sheaf, hodge, critical = [], [], [], []
+    cover = pd.DataFrame(columns=HODGECOVER_COLUMNS)
+    for name, d in sources.items():
+        floor = noise_floor(d, params.noise_floor, params.noise_floor_mode)
+        persistence.append(_persistence(layer, name, d, floor, params, summary))
+        for q in params.epsilon_quantiles:
+            cx = rips_complex(d, epsilon_at_quantile(d, q))
+            key = {"layer": layer, "source": name, "quantile": q, "epsilon": cx.epsilon}
+            harmonic, row, edges = _hodge(cx, signal, params)
+            hodge.append(key | row | {"signal_source": signal_name})
+            critical.append(edges.assign(**key))
+            summary[f"{name}.b1@{q}"] = row["betti1"]
+            summary[f"{name}.harmonic_fraction@{q}"] = row["harmonic_fraction"]
+            if frames is not None:
+                sheaf.append(key | _sheaf(cx, frames, weights, params))
+                summary[f"{name}.sheaf_h0@{q}"] = sheaf[-1]["h0"]
+                summary[f"{name}.sheaf_h1@{q}"] = sheaf[-1]["h1"]
+            if name == signal_name and q == params.epsilon_quantiles[0]:
+                if groups is None:
+                    close = sparse.csr_matrix(np.triu(signal <= floor, k=1))
+                    groups = connected_components(close, directed=False)[1]
+                cover = _hodgecover(
+                    layer, cx, harmonic, signal, load, merge_barrier, groups, params
+                )
+    return LayerTopology(
+        persistence=_frame(persistence, PERSISTENCE_COLUMNS, ["source", "dim"]),
+        sheaf=pd.DataFrame(sheaf, columns=SHEAF_COLUMNS),
+        hodge=pd.DataFrame(hodge, columns=HODGE_COLUMNS),
+        critical_edges=_frame(critical, CRITICAL_COLUMNS, ["source", "quantile", "rank"]),
+        hodgecover=cover,
+        summary=summary,
+    )
+
+
+def _persistence(
+    layer: int, name: str, d: np.ndarray, floor: float, params: TopologyParams, summary: dict
+) -> pd.DataFrame:
+    """The source's diagrams; adds its per-dimension headline figures to ``summary``."""
+    dgm = vietoris_rips_diagrams(d, maxdim=params.maxdim, coeff=params.coeff, noise_floor=floor)
+    for dim in range(params.maxdim + 1):
+        s = summarize(dgm, dim)
+        summary[f"{name}.h{dim}_significant"] = s.n_significant
+        summary[f"{name}.h{dim}_total_persistence"] = s.total_persistence
+        summary[f"{name}.h{dim}_max_persistence"] = s.max_persistence
+        summary[f"{name}.h{dim}_entropy"] = s.entropy
+    return dgm.assign(layer=layer, source=name, noise_floor=floor)
+
+
+def _hodge(
+    cx: RipsComplex, signal: np.ndarray, params: TopologyParams
+) -> tuple[np.ndarray, dict, pd.DataFrame]:
+    """Harmonic part, the hodge row and the harmonic-critical edges of the signal on ``cx``.
+
+    The flow on edge {a, b} is signal[a, b] from the expert earlier in :func:`_flow_order`
+    to the later one. The critical edges are listed as tail -> head in that direction, with
+    the harmonic flow along it, so nothing depends on expert ids.
+    """
+    i, j = cx.edges.T
+    order = _flow_order(signal)
+    sign = np.where(order[i] < order[j], 1.0, -1.0)
+    values = signal[i, j]
+    b1 = betti1(cx, coeff=params.coeff)
+    dec = hodge_decomposition(cx, sign * values, betti1=b1)
+    grad, curl, harm = dec.energies
+    total = grad + curl + harm
+    row = {
+        "gradient_energy": grad,
+        "curl_energy": curl,
+        "harmonic_energy": harm,
+        "harmonic_fraction": harm / total if total > 0 else 0.0,
+        "betti1": b1,
+        "n_edges": cx.n_edges,
+        "n_triangles": cx.n_triangles,
+        "orthogonality": dec.orthogonality,
+        "iterations": dec.iterations,
+    }
+    top = harmonic_critical_edges(dec, params.n_critical_edges)
+    forward = sign[top] > 0
+    edges = pd.DataFrame(
+        {
+            "rank": np.arange(len(top)),
+            "tail": np.where(forward, i[top], j[top]),
+            "head": np.where(forward, j[top], i[top]),
+            "signal": values[top],
+            "harmonic": sign[top] * dec.harmonic[top],
+        }
+    )
+    return dec.harmonic, row, edges
+
+
+def _flow_order(signal: np.ndarray) -> np.ndarray:
+    """Position of each expert when sorted by total signal distance (ties: by id)."""
+    order = np.lexsort((np.arange(len(signal)), signal.sum(axis=1)))
+    position = np.empty(len(signal), dtype=np.int64)
+    position[order] = np.arange(len(signal))
+    return position
+
+
+def _edge_weights(coactivation: np.ndarray | None, n: int) -> np.ndarray | None:
+    if coactivation is None:
+        return None
+    rate = np.asarray(coactivation, dtype=np.float64)
+    if rate.shape != (n, n) or not np.array_equal(rate, rate.T):
+        raise ValueError(f"coactivation must be a symmetric {n} x {n} matrix of rates")
+    return rate
+
+
+def _sheaf(
+    cx: RipsComplex, frames: np.ndarray, rate: np.ndarray | None, params: TopologyParams
+) -> dict:
+    frames = np.asarray(frames, dtype=np.float64)
+    if frames.ndim != 3 or frames.shape[2] < params.stalk_dim:
+        raise ValueError(f"frames must be [n, in_dim, >= {params.stalk_dim}], got {frames.shape}")
+    weights = None if rate is None else rate[cx.edges[:, 0], cx.edges[:, 1]]
+    sh = sheaf_cohomology(
+        cx,
+        frames[:, :, : params.stalk_dim],
+        weights,
+        n_eigenvalues=params.n_eigenvalues,
+        rtol=params.rtol,
+    )
+    return {
+        "stalk_dim": sh.stalk_dim,
+        "h0": sh.h0,
+        "h1": sh.h1,
+        "eigenvalues": sh.eigenvalues.tolist(),
+        "rtol": sh.rtol,
+        "n_edges": sh.n_edges,
+    }
+
+
+def _hodgecover(
+    layer: int,
+    cx: RipsComplex,
+    harmonic: np.ndarray,
+    signal: np.ndarray,
+    load: np.ndarray | None,
+    merge_barrier: MergeBarrier | None,
+    groups: np.ndarray,
+    params: TopologyParams,
+) -> pd.DataFrame:
+    """Rows (method, keep, expert, kept, rank) for HodgeCover and, given load, its baselines."""
+    n = cx.n_vertices
+    if merge_barrier is None:
+        barrier = np.full(cx.n_triangles, np.nan)
+    else:
+        barrier = triplet_barrier(
+            merge_barrier, cx.triangles, distances=signal, max_triangles=params.max_triangles
+        )
+    rankings = {"hodgecover": hodgecover_ranking(cx, harmonic, barrier, load)}
+    if load is not None:
+        rankings["load"] = load_ranking(load)
+        rankings["groups"] = group_representative_ranking(groups, load)
+    budgets = sorted({min(n, max(1, round(f * n))) for f in params.keep_fractions})
+    rows = []
+    for method, order in rankings.items():
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n)
+        for keep in budgets:
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "layer": layer,
+                        "method": method,
+                        "keep": keep,
+                        "expert": np.arange(n),
+                        "kept": rank < keep,
+                        "rank": rank,
+                    }
+                )
+            )
+    return _frame(rows, HODGECOVER_COLUMNS, ["method", "keep", "expert"])
+
+
+def _frame(parts: list[pd.DataFrame], columns: list[str], sort_by: list[str]) -> pd.DataFrame:
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    table = pd.concat(parts, ignore_index=True)[columns]
+    return table.sort_values(sort_by, kind="stable").reset_index(drop=True)

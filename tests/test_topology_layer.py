@@ -1,0 +1,168 @@
+"""The per-layer orchestration: DESIGN.md columns, consistency between parts, and invariance
+under relabelling the experts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from _topology_cases import kernel_dim_l1
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.spatial.distance import pdist, squareform
+
+from moetopo.topology.complex import rips_complex
+from moetopo.topology.layer import TopologyParams, layer_topology
+
+
+def random_layer(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    points = rng.normal(size=(n, 5))
+    sources = {
+        "function": squareform(pdist(points)),
+        "weight_cosine": squareform(pdist(points + 0.5 * rng.normal(size=points.shape), "cosine")),
+    }
+    coactivation = np.triu(np.where(rng.random((n, n)) < 0.1, 0.0, rng.uniform(size=(n, n))), 1)
+    coactivation += coactivation.T
+    frames = np.stack([np.linalg.qr(rng.normal(size=(6, 2)))[0] for _ in range(n)])
+    load = rng.dirichlet(np.ones(n))
+    return sources, coactivation, load, frames
+
+
+def barrier_of(d: np.ndarray):
+    def merge_barrier(experts: tuple[int, ...]) -> float:
+        idx = np.array(experts)
+        return float(d[np.ix_(idx, idx)].sum() ** 1.5)
+
+    return merge_barrier
+
+
+PARAMS = TopologyParams(epsilon_quantiles=(0.3, 0.6), n_critical_edges=10_000, maxdim=2)
+
+
+def run(sources, coactivation, load, frames, params=PARAMS):
+    return layer_topology(
+        5,
+        sources,
+        coactivation=coactivation,
+        load=load,
+        frames=frames,
+        merge_barrier=barrier_of(sources["function"]),
+        params=params,
+    )
+
+
+@settings(max_examples=12, deadline=None)
+@given(n=st.integers(5, 14), seed=st.integers(0, 10_000))
+def test_relabelling_experts_relabels_rows_and_changes_nothing_else(n, seed):
+    sources, coactivation, load, frames = random_layer(n, seed)
+    perm = np.random.default_rng(seed + 1).permutation(n)  # new expert a is old perm[a]
+    base = run(sources, coactivation, load, frames)
+    moved = run(
+        {k: d[np.ix_(perm, perm)] for k, d in sources.items()},
+        coactivation[np.ix_(perm, perm)],
+        load[perm],
+        frames[perm],
+    )
+    pd.testing.assert_frame_equal(base.persistence, moved.persistence)
+    pd.testing.assert_frame_equal(
+        base.hodge.drop(columns=["orthogonality", "iterations"]),
+        moved.hodge.drop(columns=["orthogonality", "iterations"]),
+        rtol=1e-8,
+        atol=1e-9,
+    )
+    a, b = base.sheaf, moved.sheaf
+    pd.testing.assert_frame_equal(a.drop(columns="eigenvalues"), b.drop(columns="eigenvalues"))
+    np.testing.assert_allclose(np.stack(a["eigenvalues"]), np.stack(b["eigenvalues"]), atol=1e-9)
+    assert base.summary.keys() == moved.summary.keys()
+    for key, value in base.summary.items():
+        assert moved.summary[key] == pytest.approx(value, rel=1e-8, abs=1e-9), key
+
+    def critical(table, labels):
+        t = table.assign(tail=labels[table["tail"]], head=labels[table["head"]])
+        return t.drop(columns="rank").sort_values(["source", "quantile", "tail", "head"])
+
+    pd.testing.assert_frame_equal(
+        critical(base.critical_edges, np.arange(n)).reset_index(drop=True),
+        critical(moved.critical_edges, perm).reset_index(drop=True),
+        rtol=1e-7,
+        atol=1e-9,
+    )
+    cover = moved.hodgecover.assign(expert=perm[moved.hodgecover["expert"]])
+    key = ["method", "keep", "expert"]
+    pd.testing.assert_frame_equal(
+        base.hodgecover.sort_values(key).reset_index(drop=True),
+        cover.sort_values(key).reset_index(drop=True),
+    )
+
+
+def test_tables_have_the_design_columns_and_consistent_figures():
+    sources, coactivation, load, frames = random_layer(12, 0)
+    out = run(sources, coactivation, load, frames)
+    design = {
+        "persistence": ["layer", "source", "dim", "birth", "death", "persistence", "significant"],
+        "sheaf": ["layer", "source", "epsilon", "stalk_dim", "h0", "h1", "eigenvalues", "rtol"],
+        "hodge": ["layer", "source", "epsilon", "gradient_energy", "curl_energy",
+                  "harmonic_energy", "betti1", "n_edges", "n_triangles"],
+        "hodgecover": ["layer", "keep", "expert", "kept", "rank", "method"],
+    }  # fmt: skip
+    for name, columns in design.items():
+        table = getattr(out, name)
+        assert set(columns) <= set(table.columns), name
+        assert (table["layer"] == 5).all()
+    assert set(out.persistence["dim"]) == {0, 1, 2}
+    assert len(out.hodge) == len(out.sheaf) == 2 * 2  # sources x scales
+    for row in out.hodge.itertuples():
+        d = sources[row.source]
+        cx = rips_complex(d, row.epsilon)
+        assert (row.n_edges, row.n_triangles) == (cx.n_edges, cx.n_triangles)
+        assert row.betti1 == kernel_dim_l1(cx)
+        assert out.summary[f"{row.source}.b1@{row.quantile}"] == row.betti1
+        assert row.orthogonality < 1e-10
+    for source in sources:
+        h1 = out.persistence[(out.persistence["source"] == source) & (out.persistence["dim"] == 1)]
+        assert out.summary[f"{source}.h1_significant"] == h1["significant"].sum()
+        assert out.summary[f"{source}.h1_total_persistence"] == pytest.approx(
+            h1["persistence"].sum()
+        )
+    assert set(out.hodgecover["method"]) == {"hodgecover", "load", "groups"}
+
+
+def test_without_optional_inputs_the_layer_still_answers_what_it_can():
+    sources, *_ = random_layer(9, 1)
+    out = layer_topology(0, {"weight_cosine": sources["weight_cosine"]})
+    assert out.sheaf.empty  # no frames: no stalks
+    assert set(out.hodgecover["method"]) == {"hodgecover"}  # baselines need load
+    assert (out.hodge["signal_source"] == "weight_cosine").all()  # fallback signal
+
+
+def test_two_experts():
+    d = np.array([[0.0, 2.0], [2.0, 0.0]])
+    out = layer_topology(1, {"function": d}, load=np.array([0.3, 0.7]))
+    h0 = out.persistence[out.persistence["dim"] == 0]
+    assert sorted(h0["death"]) == [2.0, np.inf]
+    assert out.hodge["betti1"].tolist() == [0]
+    cover = out.hodgecover[out.hodgecover["method"] == "load"]
+    assert cover[cover["rank"] == 0]["expert"].tolist() == [1] * cover["keep"].nunique()
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError):
+        layer_topology(0, {})
+    with pytest.raises(ValueError):
+        layer_topology(0, {"a": np.zeros((3, 3)), "b": np.zeros((4, 4))})
+    sources, coactivation, load, frames = random_layer(6, 2)
+    with pytest.raises(ValueError):
+        run(sources, coactivation, load, frames[:, :, :1])
+    with pytest.raises(ValueError):
+        run(sources, np.triu(coactivation), load, frames)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"maxdim": 3}, {"coeff": 4}, {"epsilon_quantiles": (1.5,)}, {"keep_fractions": (0.0,)},
+     {"stalk_dim": 0}, {"rtol": -1.0}],
+)  # fmt: skip
+def test_bad_parameters_are_refused(bad):
+    with pytest.raises(ValueError):
+        TopologyParams(**bad)

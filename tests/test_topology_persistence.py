@@ -1,0 +1,195 @@
+"""Known answers and properties of Vietoris-Rips persistence, noise floors and bottleneck."""
+
+from __future__ import annotations
+
+import math
+
+import gudhi
+import numpy as np
+import pandas as pd
+import persim
+import pytest
+from _topology_cases import distance_matrices
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.spatial.distance import pdist, squareform
+from scipy.stats import special_ortho_group
+
+from moetopo.topology.persistence import (
+    bottleneck_distance,
+    check_coefficient,
+    noise_floor,
+    persistent_entropy,
+    summarize,
+    vietoris_rips_diagrams,
+)
+
+SETTINGS = settings(max_examples=25, deadline=None)
+
+
+def circle(angles: np.ndarray, radius: float, ambient: int, seed: int) -> np.ndarray:
+    """Points on a circle of ``radius``, rotated at random into R^ambient."""
+    plane = np.zeros((len(angles), ambient))
+    plane[:, 0], plane[:, 1] = radius * np.cos(angles), radius * np.sin(angles)
+    rotation = special_ortho_group.rvs(ambient, random_state=seed) if ambient > 1 else 1
+    return squareform(pdist(plane @ rotation))
+
+
+def chord(radius: float, n: int, steps: int) -> float:
+    return 2 * radius * math.sin(math.pi * steps / n)
+
+
+@SETTINGS
+@given(
+    n=st.integers(4, 40),
+    radius=st.floats(0.1, 100.0),
+    ambient=st.integers(2, 6),
+    seed=st.integers(0, 1000),
+)
+def test_regular_polygon_has_one_h1_bar_born_at_the_side_dying_at_the_third_chord(
+    n, radius, ambient, seed
+):
+    # The Rips complex of a regular n-gon joined to its k nearest neighbours on each side is
+    # a circle while k/n < 1/3 and has no H1 from k/n >= 1/3 on (Adamaszek-Adams 2017), so
+    # the one H1 class is born at the side c(1) and dies at the chord c(ceil(n/3)).
+    d = circle(2 * np.pi * np.arange(n) / n, radius, ambient, seed)
+    dgm = vietoris_rips_diagrams(d, noise_floor=noise_floor(d, 0.01))
+    h1 = dgm[(dgm["dim"] == 1) & dgm["significant"]]
+    assert len(h1) == 1
+    assert h1["birth"].iloc[0] == pytest.approx(chord(radius, n, 1), rel=1e-5)
+    assert h1["death"].iloc[0] == pytest.approx(chord(radius, n, math.ceil(n / 3)), rel=1e-5)
+
+
+@SETTINGS
+@given(n=st.integers(6, 30), seed=st.integers(0, 10_000))
+def test_jittered_circle_h1_is_born_when_the_widest_gap_closes(n, seed):
+    rng = np.random.default_rng(seed)
+    angles = 2 * np.pi * (np.arange(n) + rng.uniform(-0.1, 0.1, n)) / n
+    d = circle(angles, 1.0, 5, seed)
+    dgm = vietoris_rips_diagrams(d, noise_floor=noise_floor(d, 0.05))
+    h1 = dgm[(dgm["dim"] == 1) & dgm["significant"]]
+    gaps = np.array([d[i, (i + 1) % n] for i in range(n)])
+    assert len(h1) == 1
+    assert h1["birth"].iloc[0] == pytest.approx(gaps.max(), rel=1e-6)
+
+
+def test_three_separated_clusters_give_two_finite_and_one_essential_significant_h0_bars():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 25.0, 0.0]])
+    points = np.concatenate([c + 0.1 * rng.normal(size=(7, 3)) for c in centres])
+    d = squareform(pdist(points))
+    dgm = vietoris_rips_diagrams(d, noise_floor=1.0)
+    h0 = dgm[(dgm["dim"] == 0) & dgm["significant"]]
+    assert len(h0) == 3
+    assert np.isinf(h0["death"]).sum() == 1
+    label = np.repeat(np.arange(3), 7)
+    gap = {(a, b): d[np.ix_(label == a, label == b)].min() for a, b in [(0, 1), (0, 2), (1, 2)]}
+    expected = sorted(gap.values())[:2]  # the single-linkage merges of three clusters
+    finite = np.sort(h0["death"][np.isfinite(h0["death"])].to_numpy())
+    np.testing.assert_allclose(finite, expected, rtol=1e-6)
+    assert (dgm[(dgm["dim"] == 0) & ~dgm["significant"]]["death"] < 1.0).all()
+
+
+@SETTINGS
+@given(d=distance_matrices(), scale=st.floats(0.01, 100.0))
+def test_scaling_distances_scales_every_birth_and_death(d, scale):
+    base = vietoris_rips_diagrams(d)
+    scaled = vietoris_rips_diagrams(scale * d)
+    assert list(base["dim"]) == list(scaled["dim"])
+    for col in ("birth", "death"):
+        np.testing.assert_allclose(scaled[col], scale * base[col], rtol=1e-6, atol=1e-30)
+
+
+@SETTINGS
+@given(d=distance_matrices(), seed=st.integers(0, 1000))
+def test_relabelling_points_does_not_change_the_diagrams(d, seed):
+    perm = np.random.default_rng(seed).permutation(len(d))
+    pd.testing.assert_frame_equal(
+        vietoris_rips_diagrams(d), vietoris_rips_diagrams(d[np.ix_(perm, perm)])
+    )
+
+
+@SETTINGS
+@given(d=distance_matrices(max_n=10))
+def test_diagrams_match_gudhi(d):
+    ours = vietoris_rips_diagrams(d, maxdim=2, coeff=11)
+    st_ = gudhi.RipsComplex(distance_matrix=d).create_simplex_tree(max_dimension=3)
+    st_.compute_persistence(homology_coeff_field=11, min_persistence=0)
+    for dim in (0, 1, 2):
+        theirs = st_.persistence_intervals_in_dimension(dim)
+        theirs = theirs[theirs[:, 1] - theirs[:, 0] > 1e-6] if len(theirs) else theirs
+        mine = ours[(ours["dim"] == dim) & (ours["persistence"] > 1e-6)]
+        assert bottleneck_distance(mine[["birth", "death"]].to_numpy(), theirs) < 1e-5
+
+
+def test_noise_floor_modes_and_significance():
+    d = np.array([[0.0, 1.0, 2.0], [1.0, 0.0, 4.0], [2.0, 4.0, 0.0]])
+    assert noise_floor(d, 0.5, "relative") == 1.0  # 0.5 x median(1, 2, 4)
+    assert noise_floor(d, 0.5, "absolute") == 0.5
+    with pytest.raises(ValueError):
+        noise_floor(d, 0.5, "percent")
+    dgm = vietoris_rips_diagrams(d, noise_floor=1.0)
+    h0 = dgm[dgm["dim"] == 0]
+    # H0 deaths are the MST edges 1 and 2 plus the essential class: only 2 and inf exceed 1.
+    assert sorted(h0["death"]) == [1.0, 2.0, np.inf]
+    assert h0["significant"].tolist() == [True, True, False]
+
+
+def test_persistent_entropy_known_values():
+    assert persistent_entropy(np.array([])) == 0.0
+    assert persistent_entropy(np.array([3.0])) == 0.0
+    assert persistent_entropy(np.array([1.0, 1.0])) == pytest.approx(math.log(2))
+    assert persistent_entropy(np.array([2.0] * 5 + [np.inf, 0.0])) == pytest.approx(math.log(5))
+    p = np.array([1.0, 3.0]) / 4
+    assert persistent_entropy(np.array([1.0, 3.0])) == pytest.approx(-(p * np.log(p)).sum())
+
+
+def test_summary_counts_and_finite_persistence():
+    table = pd.DataFrame(
+        {
+            "dim": [0, 1, 1, 1],
+            "birth": [0.0, 1.0, 2.0, 3.0],
+            "death": [np.inf, 2.0, 2.5, np.inf],
+            "persistence": [np.inf, 1.0, 0.5, np.inf],
+            "significant": [True, True, False, True],
+        }
+    )
+    s = summarize(table, 1)
+    assert (s.n_bars, s.n_essential, s.n_significant) == (3, 1, 2)
+    assert (s.total_persistence, s.max_persistence) == (1.5, 1.0)
+    assert s.entropy == pytest.approx(persistent_entropy(np.array([1.0, 0.5])))
+
+
+diagrams = st.lists(
+    st.tuples(st.floats(0, 10), st.floats(0, 5)).map(lambda bl: (bl[0], bl[0] + bl[1])),
+    max_size=12,
+).map(lambda rows: np.array(rows, dtype=np.float64).reshape(-1, 2))
+
+
+@SETTINGS
+@given(a=diagrams, b=diagrams)
+def test_bottleneck_of_finite_diagrams_matches_persim_and_gudhi(a, b):
+    ours = bottleneck_distance(a, b)
+    assert ours == pytest.approx(gudhi.bottleneck_distance(a, b, 0.0), abs=1e-9)
+    if len(a) and len(b):  # persim cannot take an empty diagram
+        assert ours == pytest.approx(persim.bottleneck(a, b), abs=1e-9)
+
+
+def test_bottleneck_known_answers_and_essential_classes():
+    empty = np.zeros((0, 2))
+    one = np.array([[1.0, 3.0]])
+    assert bottleneck_distance(empty, empty) == 0.0
+    assert bottleneck_distance(one, empty) == 1.0  # half its length, to the diagonal
+    assert bottleneck_distance(one, np.array([[1.5, 3.0]])) == 0.5
+    ess = np.array([[0.0, np.inf], [1.0, 3.0]])
+    assert bottleneck_distance(ess, one) == np.inf  # essential counts differ
+    assert bottleneck_distance(ess, np.array([[0.25, np.inf], [1.0, 3.0]])) == 0.25
+    assert bottleneck_distance(ess, np.array([[0.0, np.inf]])) == 1.0
+
+
+@pytest.mark.parametrize("coeff", [0, 1, 4, 128, 251, 32749])
+def test_coefficients_ripser_cannot_use_are_refused_before_it_aborts(coeff):
+    with pytest.raises(ValueError, match="prime"):
+        check_coefficient(coeff)
+    with pytest.raises(ValueError, match="prime"):
+        vietoris_rips_diagrams(np.ones((3, 3)) - np.eye(3), coeff=coeff)
