@@ -11,6 +11,9 @@ include: "workflow/rules/inventory.smk"
 include: "workflow/rules/gates.smk"
 include: "workflow/rules/routing.smk"
 include: "workflow/rules/geometry.smk"
+include: "workflow/rules/cohomology.smk"
+include: "workflow/rules/conjecture.smk"
+include: "workflow/rules/pairs.smk"
 
 
 rule all:

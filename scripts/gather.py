@@ -1,11 +1,16 @@
-"""Concatenate per-layer artefacts of one kind into the per-model artefact."""
+"""Concatenate per-layer artefacts into per-model ones: each named output gathers the
+per-layer inputs of the same name (or, unnamed, all inputs into the one output)."""
 
 from moetopo.artefacts import gather_tables
 from moetopo.snake import run
 
 
 def main(snakemake):
-    gather_tables(list(snakemake.input), snakemake.output[0])
+    names = list(snakemake.output.keys())
+    if not names:
+        gather_tables(list(snakemake.input), snakemake.output[0])
+    for name in names:
+        gather_tables(list(snakemake.input[name]), snakemake.output[name])
 
 
 run(snakemake, main)  # noqa: F821

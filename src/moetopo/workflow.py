@@ -39,6 +39,10 @@ class ModelSheet:
         family = self.table.loc[model].get("family", "")
         return family if isinstance(family, str) else ""
 
+    def score(self, model: str) -> str:
+        value = self.table.loc[model].get("score", "")
+        return value if isinstance(value, str) else ""
+
     def routing_file(self, model: str) -> str:
         value = self.table.loc[model].get("routing", "")
         return value if isinstance(value, str) else ""

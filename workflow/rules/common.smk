@@ -1,6 +1,8 @@
 import pandas as pd
 from snakemake.utils import validate
 
+from moetopo.artefacts import TOPOLOGY_ARTEFACTS
+from moetopo.pairsheet import PairSheet
 from moetopo.workflow import ModelSheet
 
 validate(config, schema="../../config/schema/config.schema.yaml")
@@ -56,6 +58,27 @@ def get_layer_geometry(wildcards):
     )
 
 
+def get_layer_cohomology(name):
+    def inputs(wildcards):
+        return expand(
+            "results/{model}/cohomology/{layer}/{name}.parquet",
+            model=wildcards.model,
+            layer=SHEET.moe_layers(wildcards.model),
+            name=name,
+        )
+
+    return inputs
+
+
+def get_cohomology_mb(wildcards):
+    base = 1024 + 4 * get_router_mb(wildcards)
+    cohomology = config["cohomology"]
+    if not (cohomology["merge_barriers"] or cohomology["sheaf_stalks"] == "weights"):
+        return base
+    expert = SHEET.expert_mb(wildcards.model, int(wildcards.layer))
+    return base + 2 * config["geometry"]["chunk_mb"] + 8 * expert
+
+
 WEIGHT_SOURCES = {"weight_l2", "weight_cosine", "function"}
 
 
@@ -76,8 +99,54 @@ def get_geometry_mb(wildcards):
 
 
 def get_final_outputs():
-    return expand(
-        "results/{model}/{artefact}.parquet",
-        model=SHEET.names,
-        artefact=["routing", "clusters", "redundancy"],
+    return (
+        expand(
+            "results/{model}/{artefact}.parquet",
+            model=SHEET.names,
+            artefact=["routing", "clusters", "redundancy", *TOPOLOGY_ARTEFACTS],
+        )
+        + ["results/stats/conjecture.parquet"]
+        + get_pair_outputs()
     )
+
+
+# Base/tuned pairs for the attention diff (pairs.smk).
+pairs = pd.read_csv(config["pairs"], sep="\t", dtype=str, comment="#").fillna("")
+validate(pairs, schema="../../config/schema/pairs.schema.yaml")
+PAIRS = PairSheet(pairs, SHEET, config["attention_diff"]["layers_per_job"])
+
+
+wildcard_constraints:
+    pair="[A-Za-z0-9_.-]+--[A-Za-z0-9_.-]+",
+    group="[0-9]+",
+
+
+def get_pair_inventories(wildcards):
+    return {
+        "base": f"results/{PAIRS.base(wildcards.pair)}/inventory.parquet",
+        "tuned": f"results/{PAIRS.tuned(wildcards.pair)}/inventory.parquet",
+    }
+
+
+def get_pair_groups(wildcards, table):
+    return expand(
+        "results/pairs/{pair}/{table}/{group}.parquet",
+        pair=wildcards.pair,
+        table=table,
+        group=PAIRS.group_ids(wildcards.pair),
+    )
+
+
+def get_attention_diff_mb(wildcards):
+    chunk_mb = config["attention_diff"]["chunk_mb"]
+    return PAIRS.diff_mb(wildcards.pair, int(wildcards.group), chunk_mb)
+
+
+def get_pair_outputs():
+    if not PAIRS.ids:
+        return []
+    return expand(
+        "results/pairs/{pair}/{artefact}.parquet",
+        pair=PAIRS.ids,
+        artefact=["attention_diff", "moe_diff", "scaffold", "crossref"],
+    ) + ["results/pairs/summary.parquet"]

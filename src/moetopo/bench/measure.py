@@ -20,8 +20,20 @@ def _child(queue, func, args):
     start = time.perf_counter()
     result = func(*args)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-    queue.put((seconds, peak, result))
+    queue.put((seconds, peak_rss_mib(), result))
+
+
+def peak_rss_mib() -> float:
+    """This process's high-water resident set, in MiB.
+
+    VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across fork and exec, so a
+    spawned child would report its parent's peak (the benchmark writer's, often GBs).
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def in_fresh_process(func: Callable, *args) -> Measurement:

@@ -1,0 +1,78 @@
+"""pairs.tsv for the Snakefile: pair ids, their models, layer groups and job memory.
+
+A pair id is ``<base>--<tuned>``; both must be models of the model sheet, so their
+layouts (already parsed for the per-model stages) give the layer groups at parse time.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+
+import pandas as pd
+
+from .errors import MoetopoError
+from .stages.attention_diff import layer_groups
+from .workflow import MB, ModelSheet
+
+RESERVED = {"pairs"}  # results/pairs/ holds the pair artefacts
+
+
+class PairSheet:
+    """The base/tuned pairs to diff, checked against the model sheet."""
+
+    def __init__(self, table: pd.DataFrame, models: ModelSheet, layers_per_job: int):
+        self.models = models
+        self.layers_per_job = layers_per_job
+        known = set(models.names)
+        clash = sorted(known & RESERVED)
+        if clash:
+            raise MoetopoError(f"model id {clash[0]!r} is reserved (results/pairs/); rename it")
+        self.pairs: dict[str, tuple[str, str]] = {}
+        for base, tuned in zip(table["base"], table["tuned"], strict=True):
+            unknown = [m for m in (base, tuned) if m not in known]
+            if unknown:
+                raise MoetopoError(
+                    f"pairs sheet: {unknown[0]!r} (pair {base} -> {tuned}) is not a model of "
+                    f"the model sheet (known: {', '.join(sorted(known))})"
+                )
+            if base == tuned:
+                raise MoetopoError(f"pairs sheet: {base} is paired with itself")
+            pair = f"{base}--{tuned}"
+            if pair in self.pairs:
+                raise MoetopoError(f"pairs sheet: {base} -> {tuned} is listed twice")
+            self.pairs[pair] = (base, tuned)
+
+    @cached_property
+    def ids(self) -> list[str]:
+        return list(self.pairs)
+
+    def base(self, pair: str) -> str:
+        return self.pairs[pair][0]
+
+    def tuned(self, pair: str) -> str:
+        return self.pairs[pair][1]
+
+    def groups(self, pair: str) -> list[list[int]]:
+        n_layers = self.models.layout(self.base(pair)).n_layers
+        return layer_groups(n_layers, self.layers_per_job)
+
+    def group_ids(self, pair: str) -> list[int]:
+        return list(range(len(self.groups(pair))))
+
+    def layers(self, pair: str, group: int) -> list[int]:
+        return self.groups(pair)[group]
+
+    def diff_mb(self, pair: str, group: int, chunk_mb: int) -> int:
+        """Memory of one diff job: the chunk, a few sub-blocks of its widest row, the layout."""
+        layout = self.models.layout(self.base(pair))
+        layers = set(self.layers(pair, group))
+        widest = max(
+            (
+                layout.logical[r.name].shape[-1]
+                for r in layout.roles.values()
+                if r.layer in layers and len(layout.logical[r.name].shape) >= 2
+            ),
+            default=1,
+        )
+        return 512 + chunk_mb + math.ceil(16 * 4 * widest / MB)

@@ -1,0 +1,107 @@
+"""The conjecture stage: H1 per activated parameter per model, and whether it tracks the score.
+
+Two H1 metrics per distance source (DESIGN.md): the number of significant H1 bars
+summed over MoE layers, and the total H1 persistence summed over MoE layers, each
+divided by the parameters a token activates. Correlations with the score come with
+bootstrap intervals and permutation p-values (moetopo.stats); the layer-level view
+resamples models, not layers.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..stats import conjecture_table, layer_conjecture_table
+
+METRICS = {"h1_count": "h1_significant", "h1_persistence": "h1_total_persistence"}
+
+
+def model_tables(
+    models: list[dict], summaries: dict[str, dict], layer_summaries: dict[str, pd.DataFrame]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per model x source x metric, per model x layer x source x metric) H1 figures.
+
+    ``models`` rows carry model and score (NaN when unknown); summaries are model.json.
+    """
+    model_rows, layer_rows = [], []
+    for row in models:
+        name, score = row["model"], row["score"]
+        summary = summaries[name]
+        active = summary["activated_params"]
+        table = layer_summaries[name]
+        table = table[table.layer.isin(summary["moe_layers"])]
+        for metric, key in METRICS.items():
+            values = table[table.metric == key]
+            for source, group in values.groupby("source", sort=True):
+                total = float(group.value.sum())
+                model_rows.append(
+                    {
+                        "model": name,
+                        "source": source,
+                        "metric": metric,
+                        "score": score,
+                        "h1_total": total,
+                        "h1_per_active_param": total / active,
+                        "activated_params": active,
+                        "total_params": summary["total_params"],
+                        "n_moe_layers": len(summary["moe_layers"]),
+                        "n_experts": summary["n_experts"],
+                        "top_k": summary["top_k"],
+                        "family": summary["family"],
+                    }
+                )
+                for layer_row in group.itertuples(index=False):
+                    layer_rows.append(
+                        {
+                            "model": name,
+                            "layer": int(layer_row.layer),
+                            "source": source,
+                            "metric": metric,
+                            "score": score,
+                            "value": float(layer_row.value),
+                            "per_active_param": float(layer_row.value) / active,
+                        }
+                    )
+    return pd.DataFrame(model_rows), pd.DataFrame(layer_rows)
+
+
+def conjecture_rows(
+    models: pd.DataFrame,
+    layers: pd.DataFrame,
+    *,
+    higher_is_better: bool,
+    confidence_level: float,
+    n_resamples: int,
+    seed: int,
+    min_models: int,
+    sources: list[str] | None = None,
+) -> pd.DataFrame:
+    """Model-level and layer-level correlation tests, one row per metric, source, statistic."""
+    if sources:
+        models = models[models.source.isin(sources)]
+        layers = layers[layers.source.isin(sources)]
+    options = dict(
+        higher_is_better=higher_is_better,
+        confidence_level=confidence_level,
+        n_resamples=n_resamples,
+        seed=seed,
+        min_n=min_models,
+    )
+    wide = _wide(models, ["model"], "h1_per_active_param", ["score", "total_params"])
+    metrics = [c for c in wide.columns if ":" in c]
+    model_level = conjecture_table(wide, metrics, **options)
+    layer_wide = _wide(layers, ["model", "layer"], "per_active_param", ["score"])
+    layer_level = layer_conjecture_table(layer_wide, metrics, **options)
+    table = pd.concat([model_level, layer_level], ignore_index=True)
+    table[["metric", "source"]] = table.metric.str.split(":", expand=True)
+    table["n_layers"] = table["n_layers"].fillna(0).astype("int64")
+    return table
+
+
+def _wide(long: pd.DataFrame, index: list[str], value: str, keep: list[str]) -> pd.DataFrame:
+    """One column per metric:source; models without a score keep NaN (the tests drop them
+    and say how many)."""
+    wide = long.pivot(index=index, columns=["metric", "source"], values=value)
+    wide.columns = [f"{metric}_per_active_param:{source}" for metric, source in wide.columns]
+    extra = long.drop_duplicates(index).set_index(index)[keep]
+    return wide.join(extra).reset_index()

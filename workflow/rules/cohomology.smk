@@ -1,0 +1,45 @@
+rule cohomology:
+    input:
+        inventory="results/{model}/inventory.parquet",
+        distances="results/{model}/geometry/{layer}.parquet",
+        coactivation="results/{model}/coactivation.parquet",
+        routing="results/{model}/routing.parquet",
+        gates="results/{model}/gates.parquet",
+        clusters="results/{model}/clusters.parquet",
+    output:
+        **{
+            name: f"results/{{model}}/cohomology/{{layer}}/{name}.parquet"
+            for name in TOPOLOGY_ARTEFACTS
+        },
+    log:
+        "logs/{model}/cohomology/{layer}.log",
+    conda:
+        "../envs/moetopo.yaml"
+    threads: 1
+    resources:
+        mem_mb=get_cohomology_mb,
+    params:
+        **config["cohomology"],
+        path=get_model_path,
+        family=lambda wc: SHEET.family(wc.model),
+        function_tokens=config["geometry"]["function_tokens"],
+        chunk_mb=config["geometry"]["chunk_mb"],
+        seed=config["routing"]["seed"],
+    script:
+        "../../scripts/cohomology.py"
+
+
+rule gather_cohomology:
+    input:
+        **{name: get_layer_cohomology(name) for name in TOPOLOGY_ARTEFACTS},
+    output:
+        **{name: f"results/{{model}}/{name}.parquet" for name in TOPOLOGY_ARTEFACTS},
+    log:
+        "logs/{model}/gather_cohomology.log",
+    conda:
+        "../envs/moetopo.yaml"
+    threads: 1
+    resources:
+        mem_mb=1024,
+    script:
+        "../../scripts/gather.py"

@@ -1,0 +1,23 @@
+rule conjecture:
+    input:
+        summaries=expand("results/{model}/model.json", model=SHEET.names),
+        layer_summaries=expand(
+            "results/{model}/layer_summary.parquet", model=SHEET.names
+        ),
+    output:
+        models="results/stats/models.parquet",
+        layers="results/stats/layers.parquet",
+        conjecture="results/stats/conjecture.parquet",
+    log:
+        "logs/stats/conjecture.log",
+    conda:
+        "../envs/moetopo.yaml"
+    threads: 1
+    resources:
+        mem_mb=2048,
+    params:
+        **config["conjecture"],
+        models=SHEET.names,
+        scores=[SHEET.score(m) for m in SHEET.names],
+    script:
+        "../../scripts/conjecture.py"

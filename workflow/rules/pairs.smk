@@ -1,0 +1,110 @@
+rule attention_diff:
+    input:
+        unpack(get_pair_inventories),
+    output:
+        attention="results/pairs/{pair}/attention_diff/{group}.parquet",
+        moe="results/pairs/{pair}/moe_diff/{group}.parquet",
+    log:
+        "logs/pairs/{pair}/attention_diff/{group}.log",
+    conda:
+        "../envs/moetopo.yaml"
+    threads: 2
+    resources:
+        mem_mb=get_attention_diff_mb,
+    params:
+        base=lambda wc: PAIRS.base(wc.pair),
+        tuned=lambda wc: PAIRS.tuned(wc.pair),
+        base_path=lambda wc: SHEET.path(PAIRS.base(wc.pair)),
+        tuned_path=lambda wc: SHEET.path(PAIRS.tuned(wc.pair)),
+        base_family=lambda wc: SHEET.family(PAIRS.base(wc.pair)),
+        tuned_family=lambda wc: SHEET.family(PAIRS.tuned(wc.pair)),
+        layers=lambda wc: PAIRS.layers(wc.pair, int(wc.group)),
+        measure=config["attention_diff"]["measure"],
+        threshold=config["attention_diff"]["threshold"],
+        threshold_kind=config["attention_diff"]["threshold_kind"],
+        chunk_mb=config["attention_diff"]["chunk_mb"],
+    script:
+        "../../scripts/attention_diff.py"
+
+
+rule pair_diff_gather:
+    input:
+        attention=lambda wc: get_pair_groups(wc, "attention_diff"),
+        moe=lambda wc: get_pair_groups(wc, "moe_diff"),
+    output:
+        attention="results/pairs/{pair}/attention_diff.parquet",
+        moe="results/pairs/{pair}/moe_diff.parquet",
+    log:
+        "logs/pairs/{pair}/pair_diff_gather.log",
+    conda:
+        "../envs/moetopo.yaml"
+    threads: 1
+    resources:
+        mem_mb=1024,
+    script:
+        "../../scripts/pair_gather.py"
+
+
+rule scaffold:
+    input:
+        "results/pairs/{pair}/attention_diff.parquet",
+    output:
+        "results/pairs/{pair}/scaffold.parquet",
+    log:
+        "logs/pairs/{pair}/scaffold.log",
+    conda:
+        "../envs/moetopo.yaml"
+    threads: 1
+    resources:
+        mem_mb=512,
+    params:
+        q_min=config["scaffold"]["q_min"],
+        o_min=config["scaffold"]["o_min"],
+        k_max=config["scaffold"]["k_max"],
+    script:
+        "../../scripts/scaffold.py"
+
+
+rule crossref:
+    input:
+        scaffold="results/pairs/{pair}/scaffold.parquet",
+        moe_diff="results/pairs/{pair}/moe_diff.parquet",
+        redundancy=lambda wc: f"results/{PAIRS.tuned(wc.pair)}/redundancy.parquet",
+    output:
+        "results/pairs/{pair}/crossref.parquet",
+    log:
+        "logs/pairs/{pair}/crossref.log",
+    conda:
+        "../envs/moetopo.yaml"
+    threads: 1
+    resources:
+        mem_mb=512,
+    params:
+        source=config["crossref"]["source"],
+        threshold_spec=config["crossref"]["threshold_spec"],
+        threshold=config["crossref"]["threshold"],
+    script:
+        "../../scripts/crossref.py"
+
+
+rule pairs_summary:
+    input:
+        attention=expand("results/pairs/{pair}/attention_diff.parquet", pair=PAIRS.ids),
+        scaffold=expand("results/pairs/{pair}/scaffold.parquet", pair=PAIRS.ids),
+    output:
+        "results/pairs/summary.parquet",
+    log:
+        "logs/pairs/summary.log",
+    conda:
+        "../envs/moetopo.yaml"
+    threads: 1
+    resources:
+        mem_mb=1024,
+    params:
+        pairs=PAIRS.ids,
+        depth_bins=config["pairs_summary"]["depth_bins"],
+        level=config["pairs_summary"]["level"],
+        resamples=config["pairs_summary"]["resamples"],
+        seed=config["pairs_summary"]["seed"],
+    script:
+        "../../scripts/pairs_summary.py"
