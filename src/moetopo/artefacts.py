@@ -266,6 +266,16 @@ SCHEMAS: dict[str, list[tuple[str, pa.DataType]]] = {
         ("verdict", STR),
         ("reason", STR),
     ],
+    "bottleneck": [
+        ("layer", I64),
+        ("source", STR),
+        ("dim", I64),
+        ("distance", F64),
+        ("base_bars", I64),
+        ("tuned_bars", I64),
+        ("base_significant", I64),
+        ("tuned_significant", I64),
+    ],
 }
 
 TOPOLOGY_ARTEFACTS = ("persistence", "sheaf", "hodge", "hodge_edges", "hodgecover", "layer_summary")

@@ -148,5 +148,5 @@ def get_pair_outputs():
     return expand(
         "results/pairs/{pair}/{artefact}.parquet",
         pair=PAIRS.ids,
-        artefact=["attention_diff", "moe_diff", "scaffold", "crossref"],
+        artefact=["attention_diff", "moe_diff", "scaffold", "crossref", "bottleneck"],
     ) + ["results/pairs/summary.parquet"]

@@ -108,3 +108,20 @@ rule pairs_summary:
         seed=config["pairs_summary"]["seed"],
     script:
         "../../scripts/pairs_summary.py"
+
+
+rule bottleneck:
+    input:
+        base=lambda wc: f"results/{PAIRS.base(wc.pair)}/persistence.parquet",
+        tuned=lambda wc: f"results/{PAIRS.tuned(wc.pair)}/persistence.parquet",
+    output:
+        "results/pairs/{pair}/bottleneck.parquet",
+    log:
+        "logs/pairs/{pair}/bottleneck.log",
+    conda:
+        "../envs/moetopo.yaml"
+    threads: 1
+    resources:
+        mem_mb=1024,
+    script:
+        "../../scripts/pair_bottleneck.py"
