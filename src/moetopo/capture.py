@@ -162,10 +162,19 @@ def capture_logits(
     return result
 
 
-def save_npz(path: Path, logits: dict[int, np.ndarray], meta: dict[str, Any], dtype: str) -> None:
-    """The captured-routing format: ``layer_<L>`` arrays plus a JSON ``meta`` string."""
+def save_npz(
+    path: Path,
+    logits: dict[int, np.ndarray],
+    meta: dict[str, Any],
+    dtype: str,
+    token_ids: Sequence[int] | None = None,
+) -> None:
+    """The captured-routing format: ``layer_<L>`` arrays, a JSON ``meta`` string and
+    (optionally) the ``token_ids`` each row was computed for."""
     arrays = {f"layer_{layer}": arr.astype(dtype) for layer, arr in sorted(logits.items())}
     arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
+    if token_ids is not None:
+        arrays["token_ids"] = np.asarray(token_ids, dtype=np.int32)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **arrays)
 
@@ -225,7 +234,7 @@ def capture_file(
         "layers": sorted(logits),
         "architecture": type(model).__name__,
     }
-    save_npz(Path(out), logits, meta, store_dtype)
+    save_npz(Path(out), logits, meta, store_dtype, token_ids=ids)
     return meta
 
 

@@ -1,0 +1,74 @@
+"""``python -m moetopo.zoo``: train and save the zoo (needs the ``zoo`` extra)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from moetopo.zoo.corpus import CorpusLimits
+from moetopo.zoo.specs import TUNED, ZOO, quick_zoo, with_steps
+
+QUICK_LIMITS = CorpusLimits(code_bytes=300_000, prose_bytes=150_000)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m moetopo.zoo", description=__doc__)
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=Path("."),
+        help="repository root (TSV paths are relative to it)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="zoo directory (default ROOT/resources/zoo)"
+    )
+    sheets_help = "where models.tsv, pairs.tsv go (default ROOT/config; none if --quick)"
+    parser.add_argument("--config-dir", type=Path, default=None, help=sheets_help)
+    parser.add_argument("--no-sheets", action="store_true", help="do not write the TSV sheets")
+    parser.add_argument(
+        "--quick", action="store_true", help="one tiny model per family, small corpus"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="override every model's training steps"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1: tiny models gain little)"
+    )
+    args = parser.parse_args(argv)
+
+    try:
+        from moetopo.zoo.build import BuildOptions, build, summary
+    except ImportError as exc:  # torch / transformers missing
+        print(
+            f"moetopo.zoo needs the 'zoo' extra (pip install 'moetopo[zoo]'): {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    root = args.root
+    if args.quick:
+        specs, tuned = quick_zoo(args.steps or 10)
+        out = args.out or root / "build" / "zoo-quick"
+        config_dir = args.config_dir
+    else:
+        specs, tuned = (with_steps(ZOO, args.steps) if args.steps else ZOO), TUNED
+        out = args.out or root / "resources" / "zoo"
+        config_dir = args.config_dir or root / "config"
+    if args.steps:
+        tuned = tuple(replace(t, steps=max(1, args.steps // 2)) for t in tuned)
+    opts = BuildOptions(
+        out_dir=out,
+        root=root,
+        config_dir=None if args.no_sheets else config_dir,
+        threads=args.threads,
+        limits=QUICK_LIMITS if args.quick else None,
+    )
+    manifest = build(specs, tuned, opts)
+    print(summary(manifest))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
