@@ -6,6 +6,9 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/inventory.smk"
 include: "workflow/rules/gates.smk"
@@ -14,6 +17,7 @@ include: "workflow/rules/geometry.smk"
 include: "workflow/rules/cohomology.smk"
 include: "workflow/rules/conjecture.smk"
 include: "workflow/rules/pairs.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

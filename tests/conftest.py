@@ -1,4 +1,9 @@
-"""Shared test helpers: where the repository is, and running Snakemake on it."""
+"""Shared test helpers: the repository, running Snakemake on it, and one small demo run.
+
+Workflow tests share a single local run over a two-model slice of the demo zoo (a
+base model and its fine-tune, so every stage, the pair stages included, runs); the
+full zoo is what README's demo command runs.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +12,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+SMALL_PAIR = ("mixtral-e8k2-h64-s0", "mixtral-e8k2-h64-s0-ft-prose")
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, check: bool = True, **kwargs
+) -> subprocess.CompletedProcess:
     """Run the repository's workflow with ``workdir`` as its working directory."""
     command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        *args,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True)
+        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+        "--directory", str(workdir), *args,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(
             f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
@@ -32,19 +35,42 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return result
 
 
+def demo_config(target: Path, models: tuple[str, ...] | None = None) -> Path:
+    """A working directory holding config/ whose sheets point into the repository.
+
+    ``models`` keeps only those rows of the demo sheet (and the pairs among them).
+    """
+    shutil.copytree(REPO / "config", target / "config")
+    sheet = pd.read_csv(REPO / "config" / "models.tsv", sep="\t", dtype=str).fillna("")
+    pairs = pd.read_csv(REPO / "config" / "pairs.tsv", sep="\t", dtype=str).fillna("")
+    if models is not None:
+        sheet = sheet[sheet.model.isin(models)]
+        pairs = pairs[pairs.base.isin(models) & pairs.tuned.isin(models)]
+    for column in ("path", "routing"):
+        sheet[column] = [str(REPO / p) if p else "" for p in sheet[column]]
+    sheet.to_csv(target / "config" / "models.tsv", sep="\t", index=False)
+    pairs.to_csv(target / "config" / "pairs.tsv", sep="\t", index=False)
+    return target
+
+
 @pytest.fixture
 def workdir(tmp_path) -> Path:
-    """A working directory holding a copy of config/ whose sheets point into the repo."""
-    shutil.copytree(REPO / "config", tmp_path / "config")
-    for sheet in ("models.tsv", "pairs.tsv"):
-        path = tmp_path / "config" / sheet
-        lines = path.read_text().splitlines()
-        fixed = [lines[0]] + [
-            "\t".join(
-                str(REPO / cell) if cell.startswith("resources/") else cell
-                for cell in line.split("\t")
-            )
-            for line in lines[1:]
-        ]
-        path.write_text("\n".join(fixed) + "\n")
-    return tmp_path
+    """An empty run directory configured with the whole demo."""
+    return demo_config(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> Path:
+    """One completed local run over the two-model slice, shared by the workflow tests."""
+    target = demo_config(tmp_path_factory.mktemp("small-run"), SMALL_PAIR)
+    snakemake(target, "--cores", "2")
+    return target
+
+
+def artefacts(root: Path) -> dict[str, Path]:
+    """Every Parquet and JSON artefact under results/, keyed by relative path."""
+    found = {}
+    for path in sorted((root / "results").rglob("*")):
+        if path.suffix in (".parquet", ".json"):
+            found[str(path.relative_to(root / "results"))] = path
+    return found

@@ -120,7 +120,9 @@ def test_fused_expert_slice_reads_only_that_experts_bytes(tmp_path, monkeypatch)
 
 
 def _shard(tmp_path, name="model.safetensors"):
-    write_safetensors(tmp_path / name, {"a": np.ones((4, 4), np.float32), "b": np.ones(3, np.float32)})
+    write_safetensors(
+        tmp_path / name, {"a": np.ones((4, 4), np.float32), "b": np.ones(3, np.float32)}
+    )
     return tmp_path / name
 
 

@@ -7,15 +7,6 @@ import math
 import gudhi
 import numpy as np
 import pytest
-from _topology_cases import (
-    alive_bars,
-    brute_force_simplices,
-    distance_matrices,
-    kernel_dim_l1,
-    midpoint_scale,
-    rational_betti1,
-    scales,
-)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import pdist, squareform
@@ -29,6 +20,16 @@ from moetopo.topology.complex import (
 )
 from moetopo.topology.hodge import betti1, harmonic_critical_edges, hodge_decomposition
 from moetopo.topology.persistence import vietoris_rips_diagrams
+
+from _topology_cases import (
+    alive_bars,
+    brute_force_simplices,
+    distance_matrices,
+    kernel_dim_l1,
+    midpoint_scale,
+    rational_betti1,
+    scales,
+)
 
 SETTINGS = settings(max_examples=40, deadline=None)
 SQUARE = squareform(pdist(np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])))

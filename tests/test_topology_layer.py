@@ -6,13 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from _topology_cases import kernel_dim_l1
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import pdist, squareform
 
 from moetopo.topology.complex import rips_complex
 from moetopo.topology.layer import TopologyParams, layer_topology
+
+from _topology_cases import kernel_dim_l1
 
 
 def random_layer(n: int, seed: int):

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import persim
 import pytest
-from _topology_cases import distance_matrices
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import pdist, squareform
@@ -23,6 +22,8 @@ from moetopo.topology.persistence import (
     summarize,
     vietoris_rips_diagrams,
 )
+
+from _topology_cases import distance_matrices
 
 SETTINGS = settings(max_examples=25, deadline=None)
 

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-from _topology_cases import distance_matrices, midpoint_scale, scales
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import pdist, squareform
@@ -20,6 +19,8 @@ from moetopo.topology.sheaf import (
     sheaf_cohomology,
     sheaf_from_maps,
 )
+
+from _topology_cases import distance_matrices, midpoint_scale, scales
 
 SETTINGS = settings(max_examples=30, deadline=None)
 

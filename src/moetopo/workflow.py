@@ -68,6 +68,13 @@ class ModelSheet:
         per_expert = sum(int(np.prod(t.shape)) for t in moe.experts.values())
         return 1 + per_expert * 4 // MB
 
+    def layer_mb(self, model: str, layer: int) -> int:
+        """Bytes on disk of the routed experts of ``layer``, in MiB (what weight sources read)."""
+        layout = self.layout(model)
+        moe = layout.layers[layer]
+        names = {n for t in moe.experts.values() for n in (t.names or (t.fused,))}
+        return 1 + sum(layout.logical[n].nbytes for n in names) // MB
+
     def router_mb(self, model: str) -> int:
         layout = self.layout(model)
         routers = (layout.logical[m.router] for m in layout.layers.values())

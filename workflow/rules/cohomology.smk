@@ -13,11 +13,14 @@ rule cohomology:
         },
     log:
         "logs/{model}/cohomology/{layer}.log",
+    group:
+        "cohomology"
     conda:
         "../envs/moetopo.yaml"
     threads: 1
     resources:
         mem_mb=get_cohomology_mb,
+        runtime=get_cohomology_runtime,
     params:
         **config["cohomology"],
         path=get_model_path,
@@ -41,5 +44,6 @@ rule gather_cohomology:
     threads: 1
     resources:
         mem_mb=1024,
+        runtime=10,
     script:
         "../../scripts/gather.py"

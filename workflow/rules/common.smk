@@ -79,6 +79,28 @@ def get_cohomology_mb(wildcards):
     return base + 2 * config["geometry"]["chunk_mb"] + 8 * expert
 
 
+def runtime_minutes(mb_touched, base=5):
+    """Wall-time request: a fixed start-up allowance plus reading at a cautious 20 MB/s."""
+    return int(base + mb_touched / 1200)
+
+
+def get_geometry_runtime(wildcards):
+    if not reads_expert_weights():
+        return runtime_minutes(get_router_mb(wildcards), base=10)
+    return runtime_minutes(
+        3 * SHEET.layer_mb(wildcards.model, int(wildcards.layer)), base=15
+    )
+
+
+def get_cohomology_runtime(wildcards):
+    cohomology = config["cohomology"]
+    if not (cohomology["merge_barriers"] or cohomology["sheaf_stalks"] == "weights"):
+        return 15
+    return runtime_minutes(
+        4 * SHEET.layer_mb(wildcards.model, int(wildcards.layer)), base=20
+    )
+
+
 WEIGHT_SOURCES = {"weight_l2", "weight_cosine", "function"}
 
 
@@ -105,7 +127,7 @@ def get_final_outputs():
             model=SHEET.names,
             artefact=["routing", "clusters", "redundancy", *TOPOLOGY_ARTEFACTS],
         )
-        + ["results/stats/conjecture.parquet"]
+        + ["results/stats/conjecture.parquet", "results/report/index.html"]
         + get_pair_outputs()
     )
 
@@ -150,3 +172,33 @@ def get_pair_outputs():
         pair=PAIRS.ids,
         artefact=["attention_diff", "moe_diff", "scaffold", "crossref", "bottleneck"],
     ) + ["results/pairs/summary.parquet"]
+
+
+# The report (report.smk): every artefact it shows, per model and pair in sheet order.
+from moetopo.report.data import MODEL_TABLES, PAIR_TABLES
+
+
+def get_report_inputs(wildcards):
+    inputs = {"summary": expand("results/{model}/model.json", model=SHEET.names)}
+    for table in MODEL_TABLES:
+        inputs[table] = expand(f"results/{{model}}/{table}.parquet", model=SHEET.names)
+    for table in PAIR_TABLES:
+        inputs[table] = expand(
+            f"results/pairs/{{pair}}/{table}.parquet", pair=PAIRS.ids
+        )
+    inputs["stats_models"] = "results/stats/models.parquet"
+    inputs["conjecture"] = "results/stats/conjecture.parquet"
+    if PAIRS.ids:
+        inputs["pairs_summary"] = "results/pairs/summary.parquet"
+    return inputs
+
+
+def get_report_mb(wildcards):
+    """Expert distances dominate: every pair of every layer and source, ~64 bytes a row."""
+    rows = 0
+    for model in SHEET.names:
+        layout = SHEET.layout(model)
+        for layer in layout.moe_layers:
+            n = layout.layers[layer].n_experts
+            rows += n * (n - 1) // 2 * len(config["geometry"]["sources"])
+    return 1024 + rows * 64 // (1 << 20)

@@ -15,6 +15,7 @@ rule conjecture:
     threads: 1
     resources:
         mem_mb=2048,
+        runtime=30,
     params:
         **config["conjecture"],
         models=SHEET.names,

@@ -11,6 +11,7 @@ rule gates:
     threads: 1
     resources:
         mem_mb=lambda wc: 512 + 3 * get_router_mb(wc),
+        runtime=lambda wc: runtime_minutes(get_router_mb(wc)),
     params:
         path=get_model_path,
     script:

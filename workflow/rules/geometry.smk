@@ -7,11 +7,14 @@ rule expert_geometry:
         "results/{model}/geometry/{layer}.parquet",
     log:
         "logs/{model}/geometry/{layer}.log",
+    group:
+        "geometry"
     conda:
         "../envs/moetopo.yaml"
     threads: get_geometry_threads
     resources:
         mem_mb=get_geometry_mb,
+        runtime=get_geometry_runtime,
     params:
         path=get_model_path,
         family=lambda wc: SHEET.family(wc.model),
@@ -35,6 +38,7 @@ rule expert_distances:
     threads: 1
     resources:
         mem_mb=1024,
+        runtime=10,
     script:
         "../../scripts/gather.py"
 
@@ -52,6 +56,7 @@ rule clusters:
     threads: 1
     resources:
         mem_mb=1024,
+        runtime=15,
     params:
         thresholds=config["clusters"]["thresholds"],
         absolute=config["clusters"]["absolute"],

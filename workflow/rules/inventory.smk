@@ -5,11 +5,14 @@ rule inventory_shard:
         "results/{model}/inventory/{shard}.parquet",
     log:
         "logs/{model}/inventory/{shard}.log",
+    group:
+        "shards"
     conda:
         "../envs/moetopo.yaml"
     threads: 1
     resources:
         mem_mb=512,
+        runtime=5,
     script:
         "../../scripts/inventory_shard.py"
 
@@ -27,6 +30,7 @@ rule inventory:
     threads: 1
     resources:
         mem_mb=1024,
+        runtime=15,
     params:
         path=get_model_path,
         family=lambda wc: SHEET.family(wc.model),

@@ -11,6 +11,7 @@ rule attention_diff:
     threads: 2
     resources:
         mem_mb=get_attention_diff_mb,
+        runtime=lambda wc: runtime_minutes(2 * get_attention_diff_mb(wc), base=10),
     params:
         base=lambda wc: PAIRS.base(wc.pair),
         tuned=lambda wc: PAIRS.tuned(wc.pair),
@@ -41,6 +42,7 @@ rule pair_diff_gather:
     threads: 1
     resources:
         mem_mb=1024,
+        runtime=10,
     script:
         "../../scripts/pair_gather.py"
 
@@ -57,6 +59,7 @@ rule scaffold:
     threads: 1
     resources:
         mem_mb=512,
+        runtime=10,
     params:
         q_min=config["scaffold"]["q_min"],
         o_min=config["scaffold"]["o_min"],
@@ -79,6 +82,7 @@ rule crossref:
     threads: 1
     resources:
         mem_mb=512,
+        runtime=10,
     params:
         source=config["crossref"]["source"],
         threshold_spec=config["crossref"]["threshold_spec"],
@@ -100,6 +104,7 @@ rule pairs_summary:
     threads: 1
     resources:
         mem_mb=1024,
+        runtime=10,
     params:
         pairs=PAIRS.ids,
         depth_bins=config["pairs_summary"]["depth_bins"],
@@ -123,5 +128,6 @@ rule bottleneck:
     threads: 1
     resources:
         mem_mb=1024,
+        runtime=10,
     script:
         "../../scripts/pair_bottleneck.py"

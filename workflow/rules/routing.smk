@@ -12,6 +12,7 @@ rule routing:
     threads: 1
     resources:
         mem_mb=lambda wc: 1024 + 4 * get_router_mb(wc),
+        runtime=lambda wc: runtime_minutes(4 * get_router_mb(wc), base=10),
     params:
         path=get_model_path,
         family=lambda wc: SHEET.family(wc.model),

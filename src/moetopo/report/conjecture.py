@@ -1,0 +1,94 @@
+"""The conjecture section: the verdict in words, its caveats, the scatter and every test."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from . import fmt, study_figures
+from .data import ReportData
+from .doc import Block, Figure, Heading, Para, Table
+from .findings import METRICS, STATISTICS, conjecture_verdict, primary_rows
+
+
+def tests_table(table: pd.DataFrame, level: str) -> Table:
+    rows = table[table.level == level]
+    columns = ["metric", "source", "statistic", "estimate", "interval", "method", "p"]
+    columns += ["models"] + (["layers"] if level == "layer" else []) + ["verdict", "reason"]
+    body = [
+        [
+            r.metric,
+            r.source,
+            r.statistic,
+            fmt.fixed(r.estimate),
+            fmt.interval(r.ci_low, r.ci_high),
+            r.ci_method,
+            fmt.sig(r.p_value),
+            fmt.count(r.n_models),
+        ]
+        + ([fmt.count(r.n_layers)] if level == "layer" else [])
+        + [r.verdict, r.reason]
+        for r in rows.itertuples()
+    ]
+    return Table(columns, body, anchor=f"conjecture-{level}", caption=f"{level}-level tests")
+
+
+def models_table(data: ReportData, metric: str, source: str) -> Table:
+    short = metric.removesuffix("_per_active_param")
+    stats = data.stats_models
+    rows = stats[(stats.metric == short) & (stats.source == source)].sort_values("model")
+    body = [
+        [
+            r.model,
+            r.family,
+            fmt.sig(r.score, 6),
+            fmt.sig(r.h1_total),
+            fmt.sig(r.h1_per_active_param),
+            fmt.count(r.activated_params),
+            fmt.count(r.total_params),
+        ]
+        for r in rows.itertuples()
+    ]
+    columns = ["model", "family", "score", f"{short} (sum over layers)", "per activated param"]
+    return Table(
+        [*columns, "activated params", "total params"],
+        body,
+        anchor="conjecture-points",
+        caption=f"The points of the scatter: {METRICS.get(metric, metric)}, {source}",
+    )
+
+
+def conjecture_blocks(data: ReportData) -> list[Block]:
+    rows, _ = primary_rows(data)
+    blocks: list[Block] = [Heading(2, "Conjecture", "conjecture")]
+    blocks += [Para(p, "verdict") for p in conjecture_verdict(data)]
+    if rows.empty:
+        return blocks
+    metric, source = rows.iloc[0].metric, rows.iloc[0].source
+    tuned = {p.tuned for p in data.pairs}
+    params = data.conjecture_params
+    level = f"{100 * float(params.get('confidence_level', 0.95)):g}%"
+    blocks += [
+        Figure(
+            "figures/conjecture/headline.png",
+            study_figures.conjecture(data.stats_models, metric, source, params, tuned),
+            f"Score against {METRICS.get(metric, metric)} ({source}). The line is the "
+            f"least-squares fit; the band is a {level} pointwise bootstrap band of that line "
+            "(resampling models), drawn for display: the verdict comes from the tests below.",
+        ),
+        models_table(data, metric, source),
+        Figure(
+            "figures/conjecture/all_sources.png",
+            study_figures.conjecture_grid(data.stats_models, data.conjecture, params, tuned),
+            "The same scatter for every metric and source, with the model-level Pearson "
+            "estimate and verdict.",
+        ),
+        Heading(3, "Every test"),
+        Para(
+            "Statistics: "
+            + "; ".join(f"{k} = {v}" for k, v in STATISTICS.items())
+            + " (partial correlations control for log10 total parameters)."
+        ),
+        tests_table(data.conjecture, "model"),
+        tests_table(data.conjecture, "layer"),
+    ]
+    return blocks

@@ -1,0 +1,53 @@
+"""The demo slice submitted through Snakemake's SLURM executor to a real single-node SLURM
+(tests/slurm/start.sh brings one up on this host) gives the artefacts of a local run."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import REPO, SMALL_PAIR, artefacts, demo_config, snakemake
+
+pytestmark = pytest.mark.workflow
+SCRIPTS = REPO / "tests" / "slurm"
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        pytest.skip("the slurm extra is not installed (pip install -e '.[slurm]')")
+    if shutil.which("slurmctld") is None and os.geteuid() != 0:
+        pytest.skip("SLURM is not installed and installing it needs root")
+    started = subprocess.run(["bash", SCRIPTS / "start.sh"], capture_output=True, text=True)
+    assert started.returncode == 0, f"could not start SLURM:\n{started.stderr}"
+    yield started.stdout.strip()
+    subprocess.run(["bash", SCRIPTS / "stop.sh"], capture_output=True)
+
+
+def test_slurm_run_equals_local_run(slurm_cluster, small_run, tmp_path):
+    target = demo_config(tmp_path, SMALL_PAIR)
+    snakemake(
+        target,
+        "--workflow-profile", str(REPO / "workflow" / "profiles" / "slurm"),
+        "--cores", "2",
+        "--resources", "mem_mb=16000",
+        "--slurm-init-seconds-before-status-checks", "2",
+        "--seconds-between-status-checks", "2",
+        "--slurm-keep-successful-logs",
+        timeout=900,
+    )  # fmt: skip
+    submitted = list((target / ".snakemake" / "slurm_logs").rglob("*.log"))
+    assert submitted, "no job went through SLURM"
+    assert any("group_shards" in str(p) for p in submitted)  # small jobs were bundled
+    local, remote = artefacts(small_run), artefacts(target)
+    assert set(remote) == set(local)
+    for name, path in local.items():
+        if path.suffix == ".parquet":
+            assert pq.read_table(remote[name]).equals(pq.read_table(path)), name
+        else:
+            assert remote[name].read_text() == path.read_text(), name
