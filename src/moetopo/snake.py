@@ -31,3 +31,16 @@ def run(snakemake, body: Callable) -> None:
     except MoetopoError as exc:
         log.error("%s", exc)
         sys.exit(1)
+    log.info("peak RSS %.0f MiB", peak_rss_mib())
+
+
+def peak_rss_mib() -> float:
+    """This process's high-water resident memory (VmHWM), to check mem_mb requests."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")

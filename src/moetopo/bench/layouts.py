@@ -175,3 +175,151 @@ def write_sparse(
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
     return directory
+
+
+def qwen3_moe_config() -> dict:
+    """config.json of Qwen3-235B-A22B as published."""
+    return {
+        "architectures": ["Qwen3MoeForCausalLM"],
+        "model_type": "qwen3_moe",
+        "hidden_size": 4096,
+        "intermediate_size": 12288,
+        "moe_intermediate_size": 1536,
+        "num_hidden_layers": 94,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 4,
+        "head_dim": 128,
+        "num_experts": 128,
+        "num_experts_per_tok": 8,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "norm_topk_prob": True,
+        "vocab_size": 151936,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+    }
+
+
+def qwen3_moe_tensors(config: dict, real_embeddings: bool = True) -> Iterator[Spec]:
+    """Every tensor of a Qwen3-MoE checkpoint (BF16, per-expert hub names)."""
+    h, heads, kv = (
+        config["hidden_size"],
+        config["num_attention_heads"],
+        config["num_key_value_heads"],
+    )
+    d, inter, vocab = config["head_dim"], config["moe_intermediate_size"], config["vocab_size"]
+    yield Spec("model.embed_tokens.weight", "BF16", (vocab, h), real_embeddings)
+    for layer in range(config["num_hidden_layers"]):
+        p = f"model.layers.{layer}."
+        yield Spec(p + "input_layernorm.weight", "BF16", (h,), True)
+        yield Spec(p + "post_attention_layernorm.weight", "BF16", (h,), True)
+        yield Spec(p + "self_attn.q_proj.weight", "BF16", (heads * d, h))
+        yield Spec(p + "self_attn.k_proj.weight", "BF16", (kv * d, h))
+        yield Spec(p + "self_attn.v_proj.weight", "BF16", (kv * d, h))
+        yield Spec(p + "self_attn.o_proj.weight", "BF16", (h, heads * d))
+        yield Spec(p + "self_attn.q_norm.weight", "BF16", (d,), True)
+        yield Spec(p + "self_attn.k_norm.weight", "BF16", (d,), True)
+        yield Spec(p + "mlp.gate.weight", "BF16", (config["num_experts"], h), True)
+        for e in range(config["num_experts"]):
+            q = f"{p}mlp.experts.{e}."
+            yield Spec(q + "gate_proj.weight", "BF16", (inter, h))
+            yield Spec(q + "up_proj.weight", "BF16", (inter, h))
+            yield Spec(q + "down_proj.weight", "BF16", (h, inter))
+    yield Spec("model.norm.weight", "BF16", (h,), True)
+    yield Spec("lm_head.weight", "BF16", (vocab, h))
+
+
+def llama4_maverick_config() -> dict:
+    """config.json of Llama-4-Maverick-17B-128E-Instruct (text config nested, as published)."""
+    text = {
+        "model_type": "llama4_text",
+        "hidden_size": 5120,
+        "intermediate_size": 8192,
+        "intermediate_size_mlp": 16384,
+        "num_hidden_layers": 48,
+        "num_attention_heads": 40,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "num_local_experts": 128,
+        "num_experts_per_tok": 1,
+        "interleave_moe_layer_step": 2,
+        "vocab_size": 202048,
+        "rms_norm_eps": 1e-5,
+    }
+    vision = {"model_type": "llama4_vision_model", "hidden_size": 1408, "num_hidden_layers": 34}
+    return {
+        "architectures": ["Llama4ForConditionalGeneration"],
+        "model_type": "llama4",
+        "text_config": text,
+        "vision_config": vision,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+    }
+
+
+def llama4_maverick_tensors(config: dict, real_embeddings: bool = True) -> Iterator[Spec]:
+    """Every text tensor of Llama-4-Maverick (experts fused, MoE every 2nd layer) and a
+    vision tower stand-in under its real prefixes."""
+    t = config["text_config"]
+    h, heads, kv, d = (
+        t["hidden_size"],
+        t["num_attention_heads"],
+        t["num_key_value_heads"],
+        t["head_dim"],
+    )
+    inter, dense, n_experts = (
+        t["intermediate_size"],
+        t["intermediate_size_mlp"],
+        t["num_local_experts"],
+    )
+    step = t["interleave_moe_layer_step"]
+    lm = "language_model.model."
+    yield Spec(lm + "embed_tokens.weight", "BF16", (t["vocab_size"], h), real_embeddings)
+    for layer in range(t["num_hidden_layers"]):
+        p = f"{lm}layers.{layer}."
+        yield Spec(p + "input_layernorm.weight", "BF16", (h,), True)
+        yield Spec(p + "post_attention_layernorm.weight", "BF16", (h,), True)
+        yield Spec(p + "self_attn.q_proj.weight", "BF16", (heads * d, h))
+        yield Spec(p + "self_attn.k_proj.weight", "BF16", (kv * d, h))
+        yield Spec(p + "self_attn.v_proj.weight", "BF16", (kv * d, h))
+        yield Spec(p + "self_attn.o_proj.weight", "BF16", (h, heads * d))
+        f = p + "feed_forward."
+        if layer % step == step - 1:
+            yield Spec(f + "router.weight", "BF16", (n_experts, h), True)
+            yield Spec(f + "experts.gate_up_proj", "BF16", (n_experts, h, 2 * inter))
+            yield Spec(f + "experts.down_proj", "BF16", (n_experts, inter, h))
+            yield Spec(f + "shared_expert.gate_proj.weight", "BF16", (inter, h))
+            yield Spec(f + "shared_expert.up_proj.weight", "BF16", (inter, h))
+            yield Spec(f + "shared_expert.down_proj.weight", "BF16", (h, inter))
+        else:
+            yield Spec(f + "gate_proj.weight", "BF16", (dense, h))
+            yield Spec(f + "up_proj.weight", "BF16", (dense, h))
+            yield Spec(f + "down_proj.weight", "BF16", (h, dense))
+    yield Spec(lm + "norm.weight", "BF16", (h,), True)
+    yield Spec("language_model.lm_head.weight", "BF16", (t["vocab_size"], h))
+    v = config["vision_config"]
+    for layer in range(v["num_hidden_layers"]):
+        p = f"vision_model.model.layers.{layer}."
+        yield Spec(p + "self_attn.q_proj.weight", "BF16", (v["hidden_size"], v["hidden_size"]))
+        yield Spec(p + "mlp.fc1.weight", "BF16", (4 * v["hidden_size"], v["hidden_size"]))
+        yield Spec(p + "mlp.fc2.weight", "BF16", (v["hidden_size"], 4 * v["hidden_size"]))
+    yield Spec("multi_modal_projector.linear_1.weight", "BF16", (h, v["hidden_size"]))
+
+
+FULL_SCALE = {
+    # name: (config, tensors, shards as published)
+    "deepseek-v3": (lambda: deepseek_v3_config(), deepseek_v3_tensors, 163),
+    "kimi-k2": (lambda: deepseek_v3_config(n_experts=384, kimi=True), deepseek_v3_tensors, 61),
+    "qwen3-235b-a22b": (qwen3_moe_config, qwen3_moe_tensors, 118),
+    "llama4-maverick": (llama4_maverick_config, llama4_maverick_tensors, 55),
+}
+
+
+def write_full_scale(name: str, directory: str | Path, seed: int = 0) -> Path:
+    """One of the FULL_SCALE layouts, with real router and embedding bytes."""
+    make_config, tensors, shards = FULL_SCALE[name]
+    config = make_config()
+    return write_sparse(
+        directory, config, list(tensors(config, real_embeddings=True)), shards, seed
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,11 +28,9 @@ def peak_rss_mib() -> float:
     VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across fork and exec, so a
     spawned child would report its parent's peak (the benchmark writer's, often GBs).
     """
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from ..snake import peak_rss_mib as vm_hwm
+
+    return vm_hwm()
 
 
 def in_fresh_process(func: Callable, *args) -> Measurement:
