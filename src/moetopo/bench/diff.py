@@ -22,7 +22,7 @@ import ml_dtypes
 import numpy as np
 
 from .layouts import Spec, write_sparse
-from .measure import drop_page_cache_hint, in_fresh_process
+from .measure import drop_page_cache_hint, in_fresh_process, peak_rss_mib
 
 HIDDEN, INTER, EXPERTS, HEADS, KV_HEADS, VOCAB = 4096, 14336, 8, 32, 8, 32000
 
@@ -141,19 +141,13 @@ def ours(base_dir: str, tuned_dir: str, chunk_mb: int) -> int:
 
 
 def timed(func, *args) -> tuple[float, float, object]:
-    """(seconds, peak RSS in MiB, result) of ``func(*args)``, imports excluded.
-
-    VmHWM is this process image's own peak (ru_maxrss would carry the parent's
-    peak across the spawn's exec).
-    """
+    """(seconds, peak RSS in MiB, result) of ``func(*args)``, imports excluded."""
     from ..stages import attention_diff, scaffold  # noqa: F401  (imported before the clock)
 
     start = time.perf_counter()
     result = func(*args)
     seconds = time.perf_counter() - start
-    status = Path("/proc/self/status").read_text()
-    peak = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
-    return seconds, peak / 1024, result
+    return seconds, peak_rss_mib(), result
 
 
 def main(argv: list[str]) -> int:

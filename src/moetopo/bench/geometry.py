@@ -16,57 +16,23 @@ from pathlib import Path
 
 import numpy as np
 
-from .layouts import Spec, write_sparse
+from .layouts import Spec, qwen3_moe_config, qwen3_moe_tensors, write_sparse
 from .measure import in_fresh_process
 
 HIDDEN, INTER, EXPERTS = 2048, 768, 128
 
 
-def qwen3_layer_config(n_experts: int) -> dict:
-    return {
-        "architectures": ["Qwen3MoeForCausalLM"],
-        "model_type": "qwen3_moe",
+def qwen3_layer(n_experts: int) -> tuple[dict, list[Spec]]:
+    """One Qwen3-30B-A3B-shaped MoE layer with real expert bytes (and a small vocabulary)."""
+    config = qwen3_moe_config() | {
         "hidden_size": HIDDEN,
         "moe_intermediate_size": INTER,
-        "intermediate_size": 6144,
         "num_hidden_layers": 1,
         "num_attention_heads": 32,
-        "num_key_value_heads": 4,
-        "head_dim": 128,
         "num_experts": n_experts,
-        "num_experts_per_tok": 8,
-        "decoder_sparse_step": 1,
-        "mlp_only_layers": [],
-        "norm_topk_prob": True,
-        "vocab_size": 151936,
-        "rms_norm_eps": 1e-6,
+        "vocab_size": 4096,
     }
-
-
-def qwen3_layer_tensors(n_experts: int) -> list[Spec]:
-    p = "model.layers.0."
-    tensors = [
-        Spec("model.embed_tokens.weight", "BF16", (4096, HIDDEN), True),
-        Spec(p + "input_layernorm.weight", "BF16", (HIDDEN,), True),
-        Spec(p + "post_attention_layernorm.weight", "BF16", (HIDDEN,), True),
-        Spec(p + "self_attn.q_proj.weight", "BF16", (4096, HIDDEN)),
-        Spec(p + "self_attn.k_proj.weight", "BF16", (512, HIDDEN)),
-        Spec(p + "self_attn.v_proj.weight", "BF16", (512, HIDDEN)),
-        Spec(p + "self_attn.o_proj.weight", "BF16", (HIDDEN, 4096)),
-        Spec(p + "self_attn.q_norm.weight", "BF16", (128,), True),
-        Spec(p + "self_attn.k_norm.weight", "BF16", (128,), True),
-        Spec(p + "mlp.gate.weight", "BF16", (n_experts, HIDDEN), True),
-    ]
-    for e in range(n_experts):
-        q = f"{p}mlp.experts.{e}."
-        tensors += [
-            Spec(q + "gate_proj.weight", "BF16", (INTER, HIDDEN), True),
-            Spec(q + "up_proj.weight", "BF16", (INTER, HIDDEN), True),
-            Spec(q + "down_proj.weight", "BF16", (HIDDEN, INTER), True),
-        ]
-    tensors += [Spec("model.norm.weight", "BF16", (HIDDEN,), True)]
-    tensors += [Spec("lm_head.weight", "BF16", (4096, HIDDEN))]
-    return tensors
+    return config, list(qwen3_moe_tensors(config, real_embeddings=True, real_experts=True))
 
 
 def ours(model_dir: str, chunk_mb: int) -> float:
@@ -113,12 +79,7 @@ def main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        model = write_sparse(
-            Path(tmp) / "qwen3",
-            qwen3_layer_config(args.experts),
-            qwen3_layer_tensors(args.experts),
-            4,
-        )
+        model = write_sparse(Path(tmp) / "qwen3", *qwen3_layer(args.experts), 4)
         n_params = 3 * INTER * HIDDEN
         layer_mib = args.experts * n_params * 2 / 2**20
         flops = 2.0 * args.experts**2 * n_params

@@ -201,7 +201,9 @@ def qwen3_moe_config() -> dict:
     }
 
 
-def qwen3_moe_tensors(config: dict, real_embeddings: bool = True) -> Iterator[Spec]:
+def qwen3_moe_tensors(
+    config: dict, real_embeddings: bool = True, real_experts: bool = False
+) -> Iterator[Spec]:
     """Every tensor of a Qwen3-MoE checkpoint (BF16, per-expert hub names)."""
     h, heads, kv = (
         config["hidden_size"],
@@ -223,9 +225,9 @@ def qwen3_moe_tensors(config: dict, real_embeddings: bool = True) -> Iterator[Sp
         yield Spec(p + "mlp.gate.weight", "BF16", (config["num_experts"], h), True)
         for e in range(config["num_experts"]):
             q = f"{p}mlp.experts.{e}."
-            yield Spec(q + "gate_proj.weight", "BF16", (inter, h))
-            yield Spec(q + "up_proj.weight", "BF16", (inter, h))
-            yield Spec(q + "down_proj.weight", "BF16", (h, inter))
+            yield Spec(q + "gate_proj.weight", "BF16", (inter, h), real_experts)
+            yield Spec(q + "up_proj.weight", "BF16", (inter, h), real_experts)
+            yield Spec(q + "down_proj.weight", "BF16", (h, inter), real_experts)
     yield Spec("model.norm.weight", "BF16", (h,), True)
     yield Spec("lm_head.weight", "BF16", (vocab, h))
 

@@ -18,17 +18,9 @@ from matplotlib.figure import Figure
 from scipy.cluster.hierarchy import leaves_list, linkage
 from scipy.spatial.distance import squareform
 
+from ..geometry import SOURCES
 from .data import ModelData
 
-SOURCES = (
-    "router_l1",
-    "router_cosine",
-    "router_l2",
-    "weight_l2",
-    "weight_cosine",
-    "function",
-    "coactivation",
-)
 DPI = 90
 PANEL = (3.0, 2.4)  # inches per small-multiple panel
 
