@@ -1,6 +1,7 @@
 from moetopo.artefacts import read_table, write_table
 from moetopo.model import open_model
 from moetopo.snake import log, run
+from moetopo.stages.gates import load_gates
 from moetopo.stages.geometry import distance_rows, layer_distances
 
 
@@ -8,7 +9,7 @@ def main(snakemake):
     params = snakemake.params
     layer = int(snakemake.wildcards.layer)
     model = open_model(params.path, params.family, inventory=snakemake.input.inventory)
-    gates, _ = read_table(snakemake.input.gates)
+    gates = load_gates(snakemake.input.gates, [layer])
     coactivation, _ = read_table(snakemake.input.coactivation)
     matrices, warnings = layer_distances(
         model,

@@ -1,13 +1,14 @@
-from moetopo.artefacts import read_table, write_table
+from moetopo.artefacts import write_table
 from moetopo.model import open_model
 from moetopo.snake import log, run
+from moetopo.stages.gates import load_gates
 from moetopo.stages.routing import routing_tables
 
 
 def main(snakemake):
     params = snakemake.params
     model = open_model(params.path, params.family, inventory=snakemake.input.inventory)
-    gates, _ = read_table(snakemake.input.gates)
+    gates = load_gates(snakemake.input.gates)
     captured = snakemake.input.get("captured")
     result = routing_tables(model, gates, params.probe_tokens, params.seed, captured)
     routing, coactivation, agreement = result.tables()

@@ -18,7 +18,7 @@ from moetopo.stages.cohomology import (
     router_frames,
     summary_rows,
 )
-from moetopo.stages.gates import gate_rows
+from moetopo.stages.gates import gate_rows, gates_from_rows
 from moetopo.stages.geometry import layer_distances
 from moetopo.stages.routing import routing_tables
 from moetopo.topology.layer import TopologyParams
@@ -43,9 +43,8 @@ def planted_triple_model(tmp_path):
     return open_model(tmp_path)
 
 
-def gates_frame(model) -> pd.DataFrame:
-    columns, _ = gate_rows(model)
-    return pd.DataFrame({k: list(v) if v.ndim == 2 else v for k, v in columns.items()})
+def gates_frame(model):
+    return gates_from_rows(gate_rows(model)[0])
 
 
 def test_weight_merge_barrier_sees_what_function_distance_cannot(tmp_path):

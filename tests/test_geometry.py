@@ -17,7 +17,7 @@ from moetopo.geometry import (
 )
 from moetopo.model import open_model
 from moetopo.stages.clusters import cluster_tables
-from moetopo.stages.gates import gate_rows
+from moetopo.stages.gates import gate_rows, gates_from_rows
 from moetopo.stages.geometry import layer_distances
 from moetopo.stages.routing import routing_tables
 
@@ -124,9 +124,8 @@ def test_coactivation_distance():
     np.testing.assert_allclose(d, [[0, 0, 1], [0, 0, 1], [1, 1, 0]])
 
 
-def _gates_frame(model) -> pd.DataFrame:
-    columns, _ = gate_rows(model)
-    return pd.DataFrame({k: list(v) if v.ndim == 2 else v for k, v in columns.items()})
+def _gates_frame(model):
+    return gates_from_rows(gate_rows(model)[0])
 
 
 def test_planted_clusters_recovered_and_distinct_layer_has_no_redundancy(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from moetopo.errors import MoetopoError
@@ -11,7 +10,7 @@ from moetopo.fixtures import random_model, write_family
 from moetopo.model import open_model
 from moetopo.probes import first_norm, load_captured, normalised_embeddings, read_rows
 from moetopo.routing import RoutingRule, coactivation_counts, route
-from moetopo.stages.gates import gate_rows
+from moetopo.stages.gates import gate_rows, gates_from_rows
 from moetopo.stages.routing import routing_tables
 
 LOGITS = np.array([[2.0, 1.0, 0.0, -1.0], [0.0, 3.0, 0.0, 2.9]])
@@ -152,7 +151,7 @@ def _capture(tmp_path, model, tiny, tokens=40):
 def test_captured_logits_give_the_direct_load(tmp_path, mixtral):
     tiny, model = mixtral
     path, arrays = _capture(tmp_path, model, tiny)
-    gates = pd.DataFrame({k: list(v) if v.ndim == 2 else v for k, v in gate_rows(model)[0].items()})
+    gates = gates_from_rows(gate_rows(model)[0])
     result = routing_tables(model, gates, probe_tokens=64, seed=0, captured=str(path))
     routing, coactivation, agreement = result.tables()
     assert set(routing.source) == {"captured"}
@@ -169,7 +168,7 @@ def test_captured_logits_give_the_direct_load(tmp_path, mixtral):
 
 def test_captured_file_errors_are_clear(tmp_path, mixtral):
     tiny, model = mixtral
-    gates = pd.DataFrame({k: list(v) if v.ndim == 2 else v for k, v in gate_rows(model)[0].items()})
+    gates = gates_from_rows(gate_rows(model)[0])
     bad = tmp_path / "bad.npz"
     np.savez(bad, layer_0=np.zeros((4, 5), np.float32))
     with pytest.raises(

@@ -11,7 +11,7 @@ import pytest
 
 from moetopo.inspect import inspect_model
 from moetopo.model import open_model
-from moetopo.stages.gates import gate_rows
+from moetopo.stages.gates import gate_rows, gates_from_rows
 from moetopo.stages.routing import routing_tables
 
 from conftest import REPO
@@ -40,7 +40,7 @@ def test_routing_stage_load_from_the_captured_file_equals_a_direct_computation()
     row = SHEET[SHEET.model == "qwen2moe-e12k3-h48-s1"].iloc[0]
     model = open_model(REPO / row["path"])
     columns, _ = gate_rows(model)
-    gates = pd.DataFrame({k: list(v) if v.ndim == 2 else v for k, v in columns.items()})
+    gates = gates_from_rows(columns)
     routing, _, _ = routing_tables(
         model, gates, 64, 0, captured=str(REPO / row["routing"])
     ).tables()

@@ -19,8 +19,8 @@ from ..probes import normalised_embeddings, probe_token_ids
 from ..topology.layer import LayerTopology, TopologyParams, layer_topology
 from ..topology.sheaf import leading_input_directions
 from .clusters import distance_matrices
+from .gates import GateLayer
 from .geometry import coactivation_matrix
-from .routing import gate_arrays
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def layer_cohomology(
     *,
     coactivation: pd.DataFrame | None,
     routing: pd.DataFrame | None,
-    gates: pd.DataFrame | None,
+    gates: dict[int, GateLayer] | None,
     clusters: pd.DataFrame | None,
     params: TopologyParams,
     settings: CohomologySettings,
@@ -147,7 +147,7 @@ def layer_cohomology(
     ):
         frames = expert_frames(model, layer, params.stalk_dim, settings.sheaf_rows, settings.seed)
     elif settings.sheaf_stalks == "router" and gates is not None:
-        frames = router_frames(gate_arrays(gates, layer)[0], params.stalk_dim)
+        frames = router_frames(gates[layer].weight, params.stalk_dim)
     barrier = None
     if settings.merge_barriers and model is not None and model.layout.layers[layer].experts:
         moe = model.layout.layers[layer]

@@ -67,6 +67,46 @@ class Routers:
         return cls(TensorReader(checkpoint), layers, summary["routing"]["router_bias"])
 
 
+@dataclass(frozen=True)
+class GateLayer:
+    """One layer's router as later stages use it: weight [E, H], logit and selection biases."""
+
+    weight: np.ndarray
+    bias: np.ndarray | None
+    selection: np.ndarray | None
+
+
+def gates_from_rows(columns: dict[str, np.ndarray]) -> dict[int, GateLayer]:
+    """Layer -> router, from gate rows (the artefact's columns, or :func:`gate_rows`)."""
+    out = {}
+    layers = np.asarray(columns["layer"])
+    for layer in np.unique(layers):
+        pick = np.flatnonzero(layers == layer)
+        pick = pick[np.argsort(np.asarray(columns["expert"])[pick], kind="stable")]
+        weight = np.asarray(columns["weight"])[pick].astype(np.float64)
+        biases = []
+        for name in ("bias", "selection_bias"):
+            values = np.asarray(columns[name], dtype=np.float64)[pick]
+            biases.append(None if np.isnan(values).all() else np.nan_to_num(values))
+        out[int(layer)] = GateLayer(weight, *biases)
+    return out
+
+
+def load_gates(path: str | Path, layers: list[int] | None = None) -> dict[int, GateLayer]:
+    """Routers from the gates artefact, reading only ``layers`` (all when None); the
+    weight column becomes one [rows, hidden] array without a per-row copy."""
+    filters = [("layer", "in", list(layers))] if layers is not None else None
+    table = pq.read_table(path, filters=filters)
+    weight = table["weight"].combine_chunks()
+    hidden = weight.value_lengths()[0].as_py() if len(weight) else 0
+    matrix = weight.flatten().to_numpy(zero_copy_only=False).reshape(len(weight), hidden)
+    columns = {name: table[name].to_numpy() for name in ("layer", "expert")}
+    for name in ("bias", "selection_bias"):
+        columns[name] = table[name].to_numpy(zero_copy_only=False).astype(np.float64)
+    columns["weight"] = matrix
+    return gates_from_rows(columns)
+
+
 def gate_rows(model: OpenModel) -> tuple[dict[str, np.ndarray], list[str]]:
     """All gate rows in memory (tests and small models); the stage streams :func:`gate_batches`."""
     warnings: list[str] = []

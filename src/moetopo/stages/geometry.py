@@ -15,7 +15,7 @@ from ..geometry import (
 )
 from ..model import OpenModel
 from ..probes import normalised_embeddings, probe_token_ids
-from .routing import gate_arrays
+from .gates import GateLayer
 
 
 def coactivation_matrix(coactivation: pd.DataFrame, layer: int, n_experts: int) -> np.ndarray:
@@ -30,7 +30,7 @@ def layer_distances(
     model: OpenModel,
     layer: int,
     sources: list[str],
-    gates: pd.DataFrame,
+    gates: dict[int, GateLayer],
     coactivation: pd.DataFrame | None,
     function_tokens: int = 256,
     seed: int = 0,
@@ -44,7 +44,7 @@ def layer_distances(
     matrices: dict[str, np.ndarray] = {}
     warnings: list[str] = []
     if any(s.startswith("router_") for s in sources):
-        weight, _, _ = gate_arrays(gates, layer)
+        weight = gates[layer].weight
         if not np.isfinite(weight).all():
             warnings.append(
                 f"layer {layer}: non-finite router values set to 0 for router distances"

@@ -11,6 +11,7 @@ from ..errors import MoetopoError
 from ..model import OpenModel
 from ..probes import load_captured, normalised_embeddings, probe_token_ids
 from ..routing import RoutingRule, coactivation_counts, route, selection_matrix
+from .gates import GateLayer
 
 
 @dataclass
@@ -36,22 +37,9 @@ def layer_rule(model: OpenModel, layer: int) -> RoutingRule:
     return RoutingRule.from_summary(model.layout.routing, top_k=moe.top_k)
 
 
-def gate_arrays(gates: pd.DataFrame, layer: int):
-    """Router weight [E, H], logit bias and selection bias of ``layer`` from the gates artefact."""
-    rows = gates[gates.layer == layer].sort_values("expert")
-    weight = np.stack(rows["weight"].to_numpy()).astype(np.float64)
-    bias = rows["bias"].to_numpy(dtype=np.float64, na_value=np.nan)
-    selection = rows["selection_bias"].to_numpy(dtype=np.float64, na_value=np.nan)
-    return (
-        weight,
-        None if np.isnan(bias).all() else np.nan_to_num(bias),
-        None if np.isnan(selection).all() else np.nan_to_num(selection),
-    )
-
-
 def routing_tables(
     model: OpenModel,
-    gates: pd.DataFrame,
+    gates: dict[int, GateLayer],
     probe_tokens: int,
     seed: int,
     captured: str | None = None,
@@ -67,7 +55,7 @@ def routing_tables(
     probe_x = normalised_embeddings(model, probe_ids)
     same_x = normalised_embeddings(model, token_ids) if token_ids is not None else None
     for layer in layers:
-        weight, bias, selection = gate_arrays(gates, layer)
+        weight, bias, selection = gates[layer].weight, gates[layer].bias, gates[layer].selection
         rule = layer_rule(model, layer)
         finite = np.isfinite(weight).all(axis=1)
         if not finite.all():

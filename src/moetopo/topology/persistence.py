@@ -31,6 +31,27 @@ def check_coefficient(coeff: int) -> int:
     return coeff
 
 
+SATURATION_SHARE = 0.1  # a maximum shared by this share of the pairs is a cap, not a distance
+
+
+def saturation_threshold(distances: np.ndarray) -> float:
+    """Where the filtration stops: just below a saturated maximum, else nowhere (inf).
+
+    A source that saturates (coactivation: 1 means "never chosen together", shared by
+    most pairs of a large sparse-routing layer) says nothing at its cap; letting all
+    those pairs enter at once adds nothing but ties and makes ripser's H1 cost explode
+    (256 experts: 15 s instead of 0.1 s). Classes alive below the cap stay essential.
+    """
+    values = off_diagonal(distances)
+    if values.size < 2:
+        return float("inf")
+    top = values.max()
+    if top > values.min() and np.mean(values == top) >= SATURATION_SHARE:
+        # ripser compares in single precision: step below the cap in float32
+        return float(np.nextafter(np.float32(top), np.float32(-np.inf)))
+    return float("inf")
+
+
 def vietoris_rips_diagrams(
     distances: np.ndarray, *, maxdim: int = 1, coeff: int = 127, noise_floor: float = 0.0
 ) -> pd.DataFrame:
@@ -40,11 +61,18 @@ def vietoris_rips_diagrams(
     makes the Betti numbers equal the rational ones (those the Hodge Laplacian sees) unless
     the complex has 127-torsion (over Z/2, any RP^2 inside would count); ripser cannot go
     above 127. A bar is significant when
-    its persistence exceeds ``noise_floor``; essential bars always are.
+    its persistence exceeds ``noise_floor``; essential bars always are. A saturated source
+    is filtered only below its cap (:func:`saturation_threshold`).
     Rows are sorted by dim, then persistence descending, then birth.
     """
     d = check_distance_matrix(distances)
-    dgms = ripser.ripser(d, distance_matrix=True, maxdim=maxdim, coeff=check_coefficient(coeff))
+    dgms = ripser.ripser(
+        d,
+        distance_matrix=True,
+        maxdim=maxdim,
+        coeff=check_coefficient(coeff),
+        thresh=saturation_threshold(d),
+    )
     dgms = dgms["dgms"]
     frames = []
     for dim, dgm in enumerate(dgms):
