@@ -1,14 +1,14 @@
 from moetopo.artefacts import write_table
 from moetopo.model import open_model
 from moetopo.snake import log, run
-from moetopo.stages.gates import load_gates
+from moetopo.stages.gates import LazyGates
 from moetopo.stages.routing import routing_tables
 
 
 def main(snakemake):
     params = snakemake.params
     model = open_model(params.path, params.family, inventory=snakemake.input.inventory)
-    gates = load_gates(snakemake.input.gates)
+    gates = LazyGates(snakemake.input.gates, model.layout.moe_layers)
     captured = snakemake.input.get("captured")
     result = routing_tables(model, gates, params.probe_tokens, params.seed, captured)
     routing, coactivation, agreement = result.tables()

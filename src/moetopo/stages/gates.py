@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +105,25 @@ def load_gates(path: str | Path, layers: list[int] | None = None) -> dict[int, G
         columns[name] = table[name].to_numpy(zero_copy_only=False).astype(np.float64)
     columns["weight"] = matrix
     return gates_from_rows(columns)
+
+
+class LazyGates(Mapping):
+    """Routers read from the gates artefact one layer at a time, so a stage that walks all
+    layers (routing) holds one router, not 60 x 384 x 7168 floats."""
+
+    def __init__(self, path: str | Path, layers: list[int]):
+        self.path, self.layers = path, list(layers)
+
+    def __getitem__(self, layer: int) -> GateLayer:
+        if layer not in self.layers:
+            raise KeyError(layer)
+        return load_gates(self.path, [layer])[layer]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
 
 
 def gate_rows(model: OpenModel) -> tuple[dict[str, np.ndarray], list[str]]:

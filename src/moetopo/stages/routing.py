@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,7 +40,7 @@ def layer_rule(model: OpenModel, layer: int) -> RoutingRule:
 
 def routing_tables(
     model: OpenModel,
-    gates: dict[int, GateLayer],
+    gates: Mapping[int, GateLayer],
     probe_tokens: int,
     seed: int,
     captured: str | None = None,
