@@ -2,6 +2,7 @@ from moetopo.artefacts import read_table, write_table
 from moetopo.model import open_model
 from moetopo.snake import run
 from moetopo.stages.cohomology import CohomologySettings, layer_cohomology, summary_rows
+from moetopo.stages.gates import load_gates
 from moetopo.topology.layer import TopologyParams
 
 SORT = {
@@ -44,8 +45,11 @@ def main(snakemake):
         open_model(p.path, p.family, inventory=snakemake.input.inventory) if needs_weights else None
     )
     tables = {
-        name: read_table(path)[0] for name, path in snakemake.input.items() if name != "inventory"
+        name: read_table(path)[0]
+        for name, path in snakemake.input.items()
+        if name not in ("inventory", "gates")
     }
+    tables["gates"] = load_gates(snakemake.input.gates, [layer])
     result = layer_cohomology(
         model,
         layer,

@@ -7,7 +7,9 @@ import re
 
 import pytest
 
-from conftest import artefacts, snakemake
+from moetopo.artefacts import read_table
+
+from conftest import REPO, artefacts, demo_config, snakemake
 
 pytestmark = pytest.mark.workflow
 STAGE_ARTEFACTS = (
@@ -53,6 +55,18 @@ def test_changing_a_parameter_reruns_its_stage_and_what_follows(small_run):
     rerun = planned_jobs(small_run, "--config", "clusters={thresholds: [r0.3]}")
     assert "clusters" in rerun and "cohomology" in rerun
     assert not {"gates", "routing", "expert_geometry", "inventory"} & set(rerun)
+
+
+def test_router_only_overlay_runs_every_stage(tmp_path):
+    """config/router_only.yaml, the quick pass for huge checkpoints, on one small model."""
+    target = demo_config(tmp_path, ("mixtral-e4k1-h48-s1",))
+    overlay = ["--configfile", "config/config.yaml", str(REPO / "config" / "router_only.yaml")]
+    snakemake(target, "--cores", "2", *overlay)
+    distances, _ = read_table(target / "results/mixtral-e4k1-h48-s1/expert_distances.parquet")
+    assert set(distances.source) == {"router_l1", "router_cosine", "router_l2", "coactivation"}
+    sheaf, _ = read_table(target / "results/mixtral-e4k1-h48-s1/sheaf.parquet")
+    assert len(sheaf) and (sheaf.stalk_dim == 2).all()  # stalks from router rows
+    assert (target / "results/report/index.html").exists()
 
 
 def test_lint_is_clean(workdir):
