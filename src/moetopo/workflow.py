@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io.checkpoint import list_shards, open_checkpoint
+from .io.checkpoint import ShardList, list_shards, open_checkpoint
 from .layout import ModelLayout, build_layout
 
 MB = 1 << 20
@@ -26,6 +26,7 @@ class ModelSheet:
         self.table = table
         self.workdir = Path(workdir)
         self._layouts: dict[str, ModelLayout] = {}
+        self._listings: dict[str, ShardList] = {}
 
     @cached_property
     def names(self) -> list[str]:
@@ -48,10 +49,16 @@ class ModelSheet:
         return value if isinstance(value, str) else ""
 
     def shards(self, model: str) -> list[str]:
-        return list(list_shards(self.path(model)).shards)
+        return list(self.listing(model).shards)
 
     def shard_path(self, model: str, shard: str) -> str:
-        return str(list_shards(self.path(model)).root / shard)
+        return str(self.listing(model).root / shard)
+
+    def listing(self, model: str) -> ShardList:
+        """The model's shards, read from its index once per parse (163 shard jobs ask)."""
+        if model not in self._listings:
+            self._listings[model] = list_shards(self.path(model))
+        return self._listings[model]
 
     def layout(self, model: str) -> ModelLayout:
         if model not in self._layouts:
