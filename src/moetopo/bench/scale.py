@@ -34,6 +34,7 @@ def snakemake(workdir: Path, *args: str) -> tuple[float, str]:
          str(ROUTER_ONLY)],
         capture_output=True,
         text=True,
+        cwd=workdir,
     )  # fmt: skip
     elapsed = time.perf_counter() - start
     if result.returncode:
