@@ -7,6 +7,7 @@ full zoo is what README's demo command runs.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every machine, so a CI run checks what was
+# checked here; HYPOTHESIS_PROFILE=explore draws fresh ones to hunt for new failures.
+settings.register_profile("reproducible", derandomize=True, deadline=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "reproducible"))
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_PAIR = ("mixtral-e8k2-h64-s0", "mixtral-e8k2-h64-s0-ft-prose")

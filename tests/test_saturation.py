@@ -1,9 +1,12 @@
-"""A saturated distance (coactivation's 1 = never chosen together) is a cap, not a scale:
-the filtration stops below it, so pairs without evidence never connect experts."""
+"""A saturated distance (coactivation's 1 = never chosen together, shared by most pairs)
+is where ripser stops; the diagrams must still be those of the whole filtration."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+import pytest
+import ripser
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -21,17 +24,35 @@ def saturated(n: int, share: float, seed: int = 0) -> np.ndarray:
     return d
 
 
-def test_filtration_stops_below_a_saturated_cap():
-    d = saturated(40, share=0.9)
+def full_filtration(d: np.ndarray) -> pd.DataFrame:
+    """The reference: ripser over the whole filtration, no stopping point."""
+    frames = []
+    for dim, dgm in enumerate(ripser.ripser(d, distance_matrix=True, maxdim=1, coeff=127)["dgms"]):
+        frames.append(pd.DataFrame({"dim": dim, "birth": dgm[:, 0], "death": dgm[:, 1]}))
+    table = pd.concat(frames, ignore_index=True).astype({"birth": float, "death": float})
+    return table.sort_values(["dim", "birth", "death"]).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("share", [0.5, 0.9])
+def test_stopping_below_a_saturated_cap_gives_the_whole_filtrations_diagrams(share):
+    d = saturated(40, share=share)
     cap = saturation_threshold(d)
-    assert cap < 1.0 and cap > 0.9
-    dgm = vietoris_rips_diagrams(d, maxdim=1)
-    finite = dgm.death[np.isfinite(dgm.death)]
-    assert (finite < 1.0).all()  # nothing dies by joining pairs that were never coactivated
+    assert 0.9 < cap < 1.0
+    ours = vietoris_rips_diagrams(d, maxdim=1)[["dim", "birth", "death"]]
+    ours = ours.sort_values(["dim", "birth", "death"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(ours, full_filtration(d))
+    assert np.isinf(ours.death).sum() == 1  # no class outlives the full simplex but H0's one
     graph = csr_matrix(np.triu(d < 1.0, 1))
     components = connected_components(graph, directed=False)[0]
-    h0 = dgm[dgm.dim == 0]
-    assert np.isinf(h0.death).sum() == components  # one essential class per evidence component
+    assert ((ours.dim == 0) & (ours.death == 1.0)).sum() == components - 1
+
+
+def test_a_square_whose_diagonals_are_its_maximum_keeps_the_h1_death_at_the_diagonal():
+    side = np.array([[0, 1, 2, 1], [1, 0, 1, 2], [2, 1, 0, 1], [1, 2, 1, 0]], dtype=float)
+    d = np.where(side == 2, np.sqrt(2), side)
+    assert saturation_threshold(d) < np.sqrt(2)  # 2 of 6 pairs at the maximum
+    h1 = vietoris_rips_diagrams(d, maxdim=1).query("dim == 1")
+    assert h1[["birth", "death"]].to_numpy().tolist() == [[1.0, float(np.float32(np.sqrt(2)))]]
 
 
 def test_ordinary_distances_are_filtered_to_the_end():

@@ -2,8 +2,7 @@
 
 Diagrams come from ripser, which works in single precision: births and deaths are the
 float32 roundings of the input distances, never interpolated or invented. Essential
-classes (the one H0 class per connected dataset, or anything alive at a threshold) keep
-death = inf. There is no cap on the number of points: H1 is computed for every size.
+classes (the one H0 class per connected dataset) keep death = inf. There is no cap on the number of points: H1 is computed for every size.
 """
 
 from __future__ import annotations
@@ -35,12 +34,14 @@ SATURATION_SHARE = 0.1  # a maximum shared by this share of the pairs is a cap, 
 
 
 def saturation_threshold(distances: np.ndarray) -> float:
-    """Where the filtration stops: just below a saturated maximum, else nowhere (inf).
+    """Where ripser may stop: just below a maximum shared by many pairs, else nowhere (inf).
 
     A source that saturates (coactivation: 1 means "never chosen together", shared by
-    most pairs of a large sparse-routing layer) says nothing at its cap; letting all
-    those pairs enter at once adds nothing but ties and makes ripser's H1 cost explode
-    (256 experts: 15 s instead of 0.1 s). Classes alive below the cap stay essential.
+    most pairs of a large sparse-routing layer) lets all those pairs enter at once, which
+    adds nothing but ties and makes ripser's H1 cost explode (256 experts: 15 s instead of
+    0.1 s). Stopping below the maximum loses nothing: at the maximum every edge is in, the
+    Rips complex is the full simplex, and every class still alive dies exactly there
+    (:func:`vietoris_rips_diagrams` records those deaths).
     """
     values = off_diagonal(distances)
     if values.size < 2:
@@ -62,21 +63,21 @@ def vietoris_rips_diagrams(
     the complex has 127-torsion (over Z/2, any RP^2 inside would count); ripser cannot go
     above 127. A bar is significant when
     its persistence exceeds ``noise_floor``; essential bars always are. A saturated source
-    is filtered only below its cap (:func:`saturation_threshold`).
-    Rows are sorted by dim, then persistence descending, then birth.
+    is handed to ripser only below its maximum (:func:`saturation_threshold`) and the
+    classes alive there are given their exact death, the maximum, so the diagrams equal
+    those of the whole filtration. Rows are sorted by dim, then persistence descending,
+    then birth.
     """
     d = check_distance_matrix(distances)
+    cap = saturation_threshold(d)
     dgms = ripser.ripser(
-        d,
-        distance_matrix=True,
-        maxdim=maxdim,
-        coeff=check_coefficient(coeff),
-        thresh=saturation_threshold(d),
-    )
-    dgms = dgms["dgms"]
+        d, distance_matrix=True, maxdim=maxdim, coeff=check_coefficient(coeff), thresh=cap
+    )["dgms"]
     frames = []
     for dim, dgm in enumerate(dgms):
         dgm = np.asarray(dgm, dtype=np.float64).reshape(-1, 2)
+        if np.isfinite(cap):
+            dgm = close_at_maximum(dgm, float(np.float32(off_diagonal(d).max())), dim)
         frames.append(pd.DataFrame({"dim": dim, "birth": dgm[:, 0], "death": dgm[:, 1]}))
     table = pd.concat(frames, ignore_index=True)
     table["dim"] = table["dim"].astype(np.int64)
@@ -84,6 +85,17 @@ def vietoris_rips_diagrams(
     table["significant"] = table["persistence"] > noise_floor
     table = table.sort_values(["dim", "persistence", "birth"], ascending=[True, False, True])
     return table.reset_index(drop=True)[DIAGRAM_COLUMNS]
+
+
+def close_at_maximum(dgm: np.ndarray, maximum: float, dim: int) -> np.ndarray:
+    """Deaths of the classes a filtration stopped below ``maximum`` left open: all die at
+    the maximum (the full simplex is contractible) except the one H0 class of the whole."""
+    open_rows = np.flatnonzero(np.isinf(dgm[:, 1]))
+    if dim == 0:
+        open_rows = open_rows[open_rows != open_rows[np.argmin(dgm[open_rows, 0])]]
+    dgm = dgm.copy()
+    dgm[open_rows, 1] = maximum
+    return dgm
 
 
 def noise_floor(distances: np.ndarray, value: float, mode: NoiseMode = "relative") -> float:
