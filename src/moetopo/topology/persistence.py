@@ -1,8 +1,9 @@
 """Vietoris-Rips persistent homology of a distance matrix, noise floors and diagram summaries.
 
 Diagrams come from ripser, which works in single precision: births and deaths are the
-float32 roundings of the input distances, never interpolated or invented. Essential
-classes (the one H0 class per connected dataset) keep death = inf. There is no cap on the number of points: H1 is computed for every size.
+float32 roundings of the input distances, never interpolated or invented. Only the one
+H0 class of the whole dataset is essential (death = inf): every other class dies by the
+largest distance. There is no cap on the number of points: H1 is computed for every size.
 """
 
 from __future__ import annotations
