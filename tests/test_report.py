@@ -409,6 +409,7 @@ def check_numbers(page: Page, root: Path, models: list[str], pairs: list[str]) -
             )
             assert close(cell["estimate"], row.estimate)
             assert cell["interval"] == fmt.interval(row.ci_low, row.ci_high)
+            assert cell["p adjusted"] == fmt.sig(row.p_adjusted)
             assert cell["verdict"] == row.verdict and cell["reason"] == row.reason
     summary_rows = {r["model"]: r for r in page.rows("models-summary")}
     for model in models:
@@ -514,6 +515,10 @@ def test_the_verdict_in_words_is_the_artefacts(report):
             assert f"= {fmt.fixed(row.estimate)}, {row.ci_method} interval" in verdict
         assert f": {row.verdict}" in verdict
     assert f"Measured on {rows.n_models.iloc[0]} models" in verdict
+    model_level = conjecture[conjecture.level == "model"]
+    decided = model_level.verdict != "inconclusive"
+    kept = int((decided & (model_level.p_adjusted <= 0.05)).sum())
+    assert f"{kept} of the {int(decided.sum())} decided stay significant" in page
     for caveat in ("controlling for size", "resample whole models", "m4-ft"):
         assert caveat in verdict
 

@@ -21,6 +21,7 @@ from moetopo.stats import (
     fit_line_band,
     layer_conjecture_table,
     partial_correlation_test,
+    with_adjusted_p,
 )
 from moetopo.stats._resampling import midranks, pearson
 
@@ -418,3 +419,26 @@ def test_weighted_statistics_equal_plain_statistics_on_the_expanded_resample(val
         assert np.isnan(r)
     else:
         assert r == pytest.approx(stats.pearsonr(expanded_a, expanded_b)[0], abs=1e-12)
+
+
+def test_adjusted_p_is_benjamini_hochberg_within_each_level():
+    # By hand: sorted p 0.01, 0.03, 0.04, 0.5 -> p * m / rank = 0.04, 0.06, 0.0533, 0.5,
+    # then the running minimum from the largest rank down.
+    table = pd.DataFrame(
+        {
+            "level": ["model"] * 5 + ["layer"] * 2,
+            "p_value": [0.01, 0.04, 0.03, 0.5, np.nan, 0.02, 0.5],
+        }
+    )
+    adjusted = with_adjusted_p(table)["p_adjusted"].to_numpy()
+    expected = [0.04, 0.16 / 3, 0.16 / 3, 0.5, np.nan, 0.04, 0.5]
+    np.testing.assert_allclose(adjusted, expected, rtol=1e-12)  # NaN stays NaN, not counted
+
+
+def test_adjusted_p_never_below_the_raw_p_and_keeps_its_order():
+    rng = np.random.default_rng(3)
+    p = rng.uniform(size=40)
+    adjusted = with_adjusted_p(pd.DataFrame({"level": "model", "p_value": p}))["p_adjusted"]
+    assert (adjusted.to_numpy() >= p - 1e-15).all()
+    order = np.argsort(p)
+    assert np.all(np.diff(adjusted.to_numpy()[order]) >= -1e-15)

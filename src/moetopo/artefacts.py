@@ -261,6 +261,7 @@ SCHEMAS: dict[str, list[tuple[str, pa.DataType]]] = {
         ("ci_high", F64),
         ("ci_method", STR),
         ("p_value", F64),
+        ("p_adjusted", F64),
         ("n_models", I64),
         ("n_layers", I64),
         ("verdict", STR),

@@ -13,6 +13,7 @@ from .findings import METRICS, STATISTICS, conjecture_verdict, primary_rows
 def tests_table(table: pd.DataFrame, level: str) -> Table:
     rows = table[table.level == level]
     columns = ["metric", "source", "statistic", "estimate", "interval", "method", "p"]
+    columns += ["p adjusted"]
     columns += ["models"] + (["layers"] if level == "layer" else []) + ["verdict", "reason"]
     body = [
         [
@@ -23,6 +24,7 @@ def tests_table(table: pd.DataFrame, level: str) -> Table:
             fmt.interval(r.ci_low, r.ci_high),
             r.ci_method,
             fmt.sig(r.p_value),
+            fmt.sig(r.p_adjusted),
             fmt.count(r.n_models),
         ]
         + ([fmt.count(r.n_layers)] if level == "layer" else [])
@@ -86,7 +88,8 @@ def conjecture_blocks(data: ReportData) -> list[Block]:
         Para(
             "Statistics: "
             + "; ".join(f"{k} = {v}" for k, v in STATISTICS.items())
-            + " (partial correlations control for log10 total parameters)."
+            + " (partial correlations control for log10 total parameters). p: permutation "
+            "test; p adjusted: Benjamini-Hochberg over all tests of the same level."
         ),
         tests_table(data.conjecture, "model"),
         tests_table(data.conjecture, "layer"),

@@ -238,15 +238,22 @@ def statistic_sentence(row) -> str:
         return f"{name}: {row.verdict} ({row.reason})."
     return (
         f"{name} = {fmt.fixed(row.estimate)}, {row.ci_method} interval "
-        f"{fmt.interval(row.ci_low, row.ci_high)}, permutation p = {fmt.sig(row.p_value)}: "
-        f"{row.verdict}."
+        f"{fmt.interval(row.ci_low, row.ci_high)}, permutation p = {fmt.sig(row.p_value)} "
+        f"(adjusted for multiple tests {fmt.sig(row.p_adjusted)}): {row.verdict}."
     )
 
 
-def tally(table: pd.DataFrame) -> str:
+def tally(table: pd.DataFrame, alpha: float) -> str:
+    """Verdict counts, and how many tests stay significant once the number of tests is
+    accounted for (Benjamini-Hochberg adjusted p <= alpha)."""
     counts = table.verdict.value_counts()
     parts = [f"{counts.get(v, 0)} {v}" for v in ("supported", "contradicted", "inconclusive")]
-    return f"{len(table)} tests: {', '.join(parts)}"
+    decided = table.verdict != "inconclusive"
+    kept = int((decided & (table.p_adjusted <= alpha)).sum())
+    return (
+        f"{len(table)} tests: {', '.join(parts)}; {kept} of the {int(decided.sum())} "
+        f"decided stay significant at adjusted p ≤ {alpha:g}"
+    )
 
 
 def verdicts(rows: pd.DataFrame) -> str:
@@ -299,9 +306,10 @@ def conjecture_verdict(data: ReportData) -> list[str]:
             + " ".join(statistic_sentence(r) for r in layer_rows.itertuples())
         )
     table = data.conjecture
+    alpha = 1.0 - float(params.get("confidence_level", 0.95))
     out.append(
-        f"All metrics and sources, model level: {tally(table[table.level == 'model'])}; "
-        f"layer level: {tally(table[table.level == 'layer'])}."
+        f"All metrics and sources, model level: {tally(table[table.level == 'model'], alpha)}; "
+        f"layer level: {tally(table[table.level == 'layer'], alpha)}."
     )
     return out
 
@@ -344,7 +352,8 @@ def conjecture_caveats(data: ReportData) -> list[str]:
         f"Many tests: at a {100 * level:g}% level about {100 * (1 - level):.3g}% of tests "
         "exclude zero by chance alone, so an isolated 'supported' among many 'inconclusive' "
         "is weak evidence. A verdict also needs the permutation test to agree with the "
-        "interval.",
+        "interval, and the adjusted p-values (Benjamini-Hochberg over all tests of a level) "
+        "say which decided tests survive the number of tests run.",
         "Layer-level rows treat every MoE layer as a point but resample whole models "
         "(clustered bootstrap), so many layers of one model do not inflate certainty.",
     ]

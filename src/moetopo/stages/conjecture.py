@@ -4,14 +4,15 @@ Two H1 metrics per distance source (DESIGN.md): the number of significant H1 bar
 summed over MoE layers, and the total H1 persistence summed over MoE layers, each
 divided by the parameters a token activates. Correlations with the score come with
 bootstrap intervals and permutation p-values (moetopo.stats); the layer-level view
-resamples models, not layers.
+resamples models, not layers. Every p-value also comes adjusted for the number of
+tests of its level (Benjamini-Hochberg), since a study runs dozens of them.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from ..stats import conjecture_table, layer_conjecture_table
+from ..stats import conjecture_table, layer_conjecture_table, with_adjusted_p
 
 METRICS = {"h1_count": "h1_significant", "h1_persistence": "h1_total_persistence"}
 
@@ -95,7 +96,7 @@ def conjecture_rows(
     table = pd.concat([model_level, layer_level], ignore_index=True)
     table[["metric", "source"]] = table.metric.str.split(":", expand=True)
     table["n_layers"] = table["n_layers"].fillna(0).astype("int64")
-    return table
+    return with_adjusted_p(table)
 
 
 def _wide(long: pd.DataFrame, index: list[str], value: str, keep: list[str]) -> pd.DataFrame:

@@ -18,6 +18,7 @@ from moetopo.stats.tables import (
     MODEL_COLUMNS,
     conjecture_table,
     layer_conjecture_table,
+    with_adjusted_p,
 )
 
 __all__ = [
@@ -33,4 +34,5 @@ __all__ = [
     "fit_line_band",
     "layer_conjecture_table",
     "partial_correlation_test",
+    "with_adjusted_p",
 ]

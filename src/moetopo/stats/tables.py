@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.stats import false_discovery_control
 
 from moetopo.stats.correlation import (
     CorrelationResult,
@@ -121,6 +122,26 @@ def layer_conjecture_table(
             )
             rows.append({**_row("layer", metric, result), "n_layers": result.n})
     return _typed(rows, LAYER_COLUMNS)
+
+
+def with_adjusted_p(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with ``p_adjusted``: Benjamini-Hochberg over all tests of the same level.
+
+    A study runs dozens of tests (metrics x sources x statistics); at p < 0.05 a few
+    come out "significant" by chance alone. The adjusted p-value controls the expected
+    share of false discoveries among the tests it calls significant. Tests without a
+    p-value (too few models) stay NaN and do not count.
+    """
+    out = table.copy()
+    out["p_adjusted"] = np.nan
+    for _, rows in out.groupby("level", sort=False):
+        p = rows["p_value"].to_numpy(dtype=float)
+        tested = np.isfinite(p)
+        if tested.any():
+            adjusted = np.full(p.size, np.nan)
+            adjusted[tested] = false_discovery_control(p[tested], method="bh")
+            out.loc[rows.index, "p_adjusted"] = adjusted
+    return out
 
 
 def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
