@@ -116,6 +116,19 @@ def test_fused_expert_slice_reads_only_that_experts_bytes(tmp_path, monkeypatch)
     assert mapped == [(entry.begin + 3 * 6 * 7 * 2, (6 * 7,))]
 
 
+def test_read_into_a_reused_buffer_equals_read(tmp_path):
+    rng = np.random.default_rng(4)
+    stacked = rng.standard_normal((4, 6, 7)).astype(ml_dtypes.bfloat16)
+    q, scale = quantize_fp8_blocks(rng.standard_normal((300, 260)).astype(np.float32))
+    reader = reader_for(tmp_path, {"e": stacked, "x.weight": q, "x.weight_scale_inv": scale})
+    buffer = np.full(300 * 260, np.nan)
+    for name, lead, rows in (("e", (2,), (1, 5)), ("x.weight", (), (100, 290))):
+        expected = reader.read(name, lead, rows, dtype=np.float64)
+        out = buffer[: expected.size]
+        assert reader.read_into(out, name, lead, rows) is out
+        np.testing.assert_array_equal(out, expected.ravel())
+
+
 # --- bad input --------------------------------------------------------------------------
 
 

@@ -95,16 +95,19 @@ def weight_distances(
     """Exact L2 and cosine distances over each expert's concatenated gate/up/down weights."""
     n = moe.n_experts
     gram = CenteredGram(n)
+    buffer = np.empty(max(1, chunk_bytes // 8), dtype=np.float64)  # reused: no page faults
     for role in sorted(moe.experts):
         tensor = moe.experts[role]
         rows, cols = tensor.shape[0], int(np.prod(tensor.shape[1:]))
         step = max(1, chunk_bytes // (8 * n * cols))
+        if n * step * cols > buffer.size:  # one expert row is larger than the chunk
+            buffer = np.empty(n * step * cols, dtype=np.float64)
         for r0 in range(0, rows, step):
             r1 = min(rows, r0 + step)
-            block = np.empty((n, (r1 - r0) * cols), dtype=np.float64)
+            block = buffer[: n * (r1 - r0) * cols].reshape(n, (r1 - r0) * cols)
             for e in range(n):
                 name, lead, off = tensor.locate(e)
-                block[e] = reader.read(name, lead, (off + r0, off + r1), dtype=np.float64).ravel()
+                reader.read_into(block[e], name, lead, (off + r0, off + r1))
             gram.add(block)
     l2, cosine = gram.distances()
     return {"weight_l2": l2, "weight_cosine": cosine}

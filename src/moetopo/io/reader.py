@@ -131,7 +131,21 @@ class TensorReader:
         for start in range(0, n_rows, step):
             yield start, self.read(name, lead, (start, min(n_rows, start + step)))
 
-    def _raw(self, entry: TensorEntry, lead, rows, dtype=None) -> np.ndarray:
+    def read_into(
+        self, out: np.ndarray, name: str, lead: tuple[int, ...] = (), rows=None
+    ) -> np.ndarray:
+        """:meth:`read` written into ``out`` (its dtype; any shape of the same size).
+
+        A plain tensor's stored elements are cast straight from the file into ``out``,
+        with no copy between, so a caller reusing ``out`` allocates nothing per read."""
+        lt = self.tensor(name)
+        if lt.kind != "plain":
+            out[...] = self.read(name, lead, rows, dtype=out.dtype).reshape(out.shape)
+            return out
+        self._raw(lt.data, lead, rows, out=out)
+        return out
+
+    def _raw(self, entry: TensorEntry, lead, rows, dtype=None, out=None) -> np.ndarray:
         shape = entry.shape
         k = len(lead)
         if k > len(shape) or any(not 0 <= i < d for i, d in zip(lead, shape, strict=False)):
@@ -168,6 +182,9 @@ class TensorReader:
             shape=(count,),
         )
         try:
+            if out is not None:
+                np.copyto(out, mapped.reshape(out.shape), casting="unsafe")
+                return out
             values = np.array(mapped, dtype=target)
         finally:
             del mapped
