@@ -26,6 +26,17 @@ from . import __version__
 META_KEY = b"moetopo"
 F32, F64, I64, STR, BOOL = pa.float32(), pa.float64(), pa.int64(), pa.string(), pa.bool_()
 
+# The row statistics of a compared tensor group (moetopo.rowdiff.RowTotals.summary).
+ROW_DIFF = [
+    ("rows", I64),
+    ("shifted_rows", I64),
+    ("shifted_fraction", F64),
+    ("mean_shift", F64),
+    ("max_shift", F64),
+    ("relative_change", F64),
+    ("frobenius_base", F64),
+    ("frobenius_diff", F64),
+]
 SCHEMAS: dict[str, list[tuple[str, pa.DataType]]] = {
     "shard_header": [
         ("tensor", STR),
@@ -106,32 +117,8 @@ SCHEMAS: dict[str, list[tuple[str, pa.DataType]]] = {
         ("mean_distance", F64),
         ("n_clusters", I64),
     ],
-    "attention_diff": [
-        ("layer", I64),
-        ("projection", STR),
-        ("rows", I64),
-        ("shifted_rows", I64),
-        ("shifted_fraction", F64),
-        ("mean_shift", F64),
-        ("max_shift", F64),
-        ("relative_change", F64),
-        ("frobenius_base", F64),
-        ("frobenius_diff", F64),
-        ("n_tensors", I64),
-    ],
-    "moe_diff": [
-        ("layer", I64),
-        ("kind", STR),
-        ("expert", I64),
-        ("rows", I64),
-        ("shifted_rows", I64),
-        ("shifted_fraction", F64),
-        ("mean_shift", F64),
-        ("max_shift", F64),
-        ("relative_change", F64),
-        ("frobenius_base", F64),
-        ("frobenius_diff", F64),
-    ],
+    "attention_diff": [("layer", I64), ("projection", STR), *ROW_DIFF, ("n_tensors", I64)],
+    "moe_diff": [("layer", I64), ("kind", STR), ("expert", I64), *ROW_DIFF],
     "scaffold": [
         ("layer", I64),
         ("q_fraction", F64),

@@ -201,6 +201,16 @@ def write_sparse(
     return directory
 
 
+def _gqa_block(p: str, h: int, heads: int, kv: int, d: int) -> Iterator[Spec]:
+    """A layer's two norms and grouped-query attention projections, BF16 (Qwen3, Llama-4)."""
+    yield Spec(p + "input_layernorm.weight", "BF16", (h,), True)
+    yield Spec(p + "post_attention_layernorm.weight", "BF16", (h,), True)
+    yield Spec(p + "self_attn.q_proj.weight", "BF16", (heads * d, h))
+    yield Spec(p + "self_attn.k_proj.weight", "BF16", (kv * d, h))
+    yield Spec(p + "self_attn.v_proj.weight", "BF16", (kv * d, h))
+    yield Spec(p + "self_attn.o_proj.weight", "BF16", (h, heads * d))
+
+
 def qwen3_moe_config() -> dict:
     """config.json of Qwen3-235B-A22B as published."""
     return {
@@ -238,12 +248,7 @@ def qwen3_moe_tensors(
     yield Spec("model.embed_tokens.weight", "BF16", (vocab, h), real_embeddings)
     for layer in range(config["num_hidden_layers"]):
         p = f"model.layers.{layer}."
-        yield Spec(p + "input_layernorm.weight", "BF16", (h,), True)
-        yield Spec(p + "post_attention_layernorm.weight", "BF16", (h,), True)
-        yield Spec(p + "self_attn.q_proj.weight", "BF16", (heads * d, h))
-        yield Spec(p + "self_attn.k_proj.weight", "BF16", (kv * d, h))
-        yield Spec(p + "self_attn.v_proj.weight", "BF16", (kv * d, h))
-        yield Spec(p + "self_attn.o_proj.weight", "BF16", (h, heads * d))
+        yield from _gqa_block(p, h, heads, kv, d)
         yield Spec(p + "self_attn.q_norm.weight", "BF16", (d,), True)
         yield Spec(p + "self_attn.k_norm.weight", "BF16", (d,), True)
         yield Spec(p + "mlp.gate.weight", "BF16", (config["num_experts"], h), ROUTER)
@@ -304,12 +309,7 @@ def llama4_maverick_tensors(config: dict, real_embeddings: bool = True) -> Itera
     yield Spec(lm + "embed_tokens.weight", "BF16", (t["vocab_size"], h), real_embeddings)
     for layer in range(t["num_hidden_layers"]):
         p = f"{lm}layers.{layer}."
-        yield Spec(p + "input_layernorm.weight", "BF16", (h,), True)
-        yield Spec(p + "post_attention_layernorm.weight", "BF16", (h,), True)
-        yield Spec(p + "self_attn.q_proj.weight", "BF16", (heads * d, h))
-        yield Spec(p + "self_attn.k_proj.weight", "BF16", (kv * d, h))
-        yield Spec(p + "self_attn.v_proj.weight", "BF16", (kv * d, h))
-        yield Spec(p + "self_attn.o_proj.weight", "BF16", (h, heads * d))
+        yield from _gqa_block(p, h, heads, kv, d)
         f = p + "feed_forward."
         if layer % step == step - 1:
             yield Spec(f + "router.weight", "BF16", (n_experts, h), ROUTER)
