@@ -13,7 +13,8 @@ import pytest
 from moetopo.errors import CheckpointError, NoMoELayersError
 from moetopo.fixtures import random_model, write_checkpoint, write_family, write_safetensors
 from moetopo.fixtures.quantize import quantize_fp8_blocks, quantize_mxfp4
-from moetopo.io.checkpoint import open_checkpoint
+from moetopo.io.checkpoint import checkpoint_from_entries, list_shards, open_checkpoint
+from moetopo.io.header import entries_from_columns, entry_columns
 from moetopo.io.reader import TensorReader
 from moetopo.model import open_model
 from moetopo.stages.gates import gate_rows
@@ -284,6 +285,32 @@ def test_broken_index_json(tmp_path):
     index_path, _ = _two_shards(tmp_path)
     index_path.write_text("{ broken")
     expect_error(tmp_path, "index is not readable JSON", index_path.name)
+
+
+def test_checkpoint_rebuilt_from_stored_rows_equals_the_read_one_or_names_what_is_missing(
+    tmp_path,
+):
+    _two_shards(tmp_path)
+    read = open_checkpoint(tmp_path)
+    listing = list_shards(tmp_path)
+    shards = {s: (h.file_size, h.digest) for s, h in read.headers.items()}
+    columns = entry_columns(read.tensors.values())
+    rebuilt = checkpoint_from_entries(listing, entries_from_columns(columns), shards)
+    assert rebuilt.tensors == read.tensors
+    assert {s: (h.file_size, h.digest) for s, h in rebuilt.headers.items()} == shards
+    first = listing.shards[0]
+    with pytest.raises(CheckpointError, match=f"no header rows for shards .*{first}"):
+        checkpoint_from_entries(listing, [], {s: v for s, v in shards.items() if s != first})
+    stray = [read.tensors["t0"]._replace(shard="elsewhere.safetensors")]
+    with pytest.raises(CheckpointError, match="elsewhere.safetensors"):
+        checkpoint_from_entries(listing, stray, shards)
+
+
+@pytest.mark.parametrize("weight_map", [["a"], {"t0": ["x.safetensors"]}, {"t0": 3}])
+def test_index_weight_map_of_the_wrong_shape(tmp_path, weight_map):
+    index_path, index = _two_shards(tmp_path)
+    index_path.write_text(json.dumps({**index, "weight_map": weight_map}))
+    expect_error(tmp_path, "index has no 'weight_map' object", index_path.name)
 
 
 class _Detonator:

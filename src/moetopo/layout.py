@@ -53,7 +53,7 @@ class ExpertTensor:
     packing: str = "halves"
     shape: tuple[int, ...] = ()  # one expert's [rows, cols] as stored
 
-    def locate(self, expert: int, rows_per_expert: int | None = None):
+    def locate(self, expert: int):
         """(logical name, leading index, row offset) of expert ``expert``'s matrix."""
         if self.fused is None:
             return self.names[expert], (), 0
@@ -456,11 +456,3 @@ def _ranges(values: list[int]) -> str:
             start = v
         prev = v
     return ",".join(runs)
-
-
-def stack_of(stacks: list[dict], layer: int) -> tuple[str, int]:
-    """(stack name, index within the stack) of a global layer id."""
-    for s in stacks:
-        if s["first_layer"] <= layer < s["first_layer"] + s["n_layers"]:
-            return s["name"], layer - s["first_layer"]
-    return "mtp", layer

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artefacts import read_columns
-from .io.checkpoint import Checkpoint, assemble_checkpoint, list_shards, open_checkpoint
-from .io.header import ShardHeader, TensorEntry
+import pyarrow.parquet as pq
+
+from .artefacts import read_meta
+from .io.checkpoint import Checkpoint, checkpoint_from_entries, list_shards, open_checkpoint
+from .io.header import ENTRY_COLUMNS, entries_from_columns
 from .io.reader import TensorReader
 from .layout import ModelLayout, build_layout
 
@@ -34,31 +36,12 @@ def open_model(
     else:
         checkpoint = open_checkpoint(path)
     layout = build_layout(checkpoint, family=family or None, include_embeddings=include_embeddings)
-    return OpenModel(checkpoint, layout, TensorReader(checkpoint))
+    return OpenModel(checkpoint, layout, TensorReader(checkpoint, layout.logical))
 
 
 def checkpoint_from_inventory(path: str | Path, inventory: str | Path) -> Checkpoint:
     """The verified checkpoint as the inventory recorded it (rows are all scale-inclusive)."""
-    columns, meta = read_columns(inventory)
-    listing = list_shards(path)
-    by_shard: dict[str, dict[str, TensorEntry]] = {s: {} for s in listing.shards}
-    for name, shard, dtype, shape, begin, end in zip(
-        columns["tensor"],
-        columns["shard"],
-        columns["dtype"],
-        columns["shape"],
-        columns["offset_begin"],
-        columns["offset_end"],
-        strict=True,
-    ):
-        by_shard.setdefault(shard, {})[name] = TensorEntry(
-            name, shard, dtype, tuple(shape), begin, end
-        )
-    shards = {s["name"]: s for s in meta.get("shards", [])}
-    headers = {
-        s: ShardHeader(
-            s, shards.get(s, {}).get("bytes", 0), 0, t, {}, shards.get(s, {}).get("digest", "")
-        )
-        for s, t in by_shard.items()
-    }
-    return assemble_checkpoint(listing, headers)
+    table = pq.read_table(inventory, columns=list(ENTRY_COLUMNS))
+    shards = {s["name"]: (s["bytes"], s["digest"]) for s in read_meta(inventory)["shards"]}
+    entries = entries_from_columns(table.to_pydict())
+    return checkpoint_from_entries(list_shards(path), entries, shards)

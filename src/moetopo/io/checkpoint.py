@@ -8,6 +8,7 @@ refused before a byte of them is interpreted, since unpickling runs arbitrary co
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,15 +141,36 @@ def assemble_checkpoint(listing: ShardList, headers: dict[str, ShardHeader]) -> 
     )
 
 
+def checkpoint_from_entries(
+    listing: ShardList, entries: Iterable[TensorEntry], shards: dict[str, tuple[int, str]]
+) -> Checkpoint:
+    """The checkpoint rebuilt from stored header entries, without reopening a shard.
+
+    ``shards`` maps every shard to its (file size, header digest) as recorded when its
+    header was read; a listed shard without a record, or an entry naming a shard the
+    model does not list, is an error naming it. The index is checked as when reading.
+    """
+    absent = [s for s in listing.shards if s not in shards]
+    if absent:
+        raise CheckpointError(listing.root, f"no header rows for shards {absent}")
+    tensors: dict[str, dict[str, TensorEntry]] = {s: {} for s in listing.shards}
+    for entry in entries:
+        if entry.shard not in tensors:
+            raise CheckpointError(
+                listing.root, f"rows name shard {entry.shard!r}, not one of the model's", entry.name
+            )
+        tensors[entry.shard][entry.name] = entry
+    headers = {s: ShardHeader(s, shards[s][0], 0, t, {}, shards[s][1]) for s, t in tensors.items()}
+    return assemble_checkpoint(listing, headers)
+
+
 def _read_weight_map(index: Path) -> dict[str, str]:
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(index, f"index is not readable JSON ({exc})") from exc
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
-    if not isinstance(weight_map, dict) or not all(
-        type(v) is str for v in set(weight_map.values())
-    ):
+    if not isinstance(weight_map, dict) or not all(type(v) is str for v in weight_map.values()):
         raise CheckpointError(index, "index has no 'weight_map' object of tensor -> shard names")
     return weight_map
 

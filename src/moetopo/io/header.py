@@ -12,6 +12,7 @@ import json
 import math
 import os
 import struct
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -45,6 +46,24 @@ class TensorEntry(NamedTuple):
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+
+# How the inventory artefacts store a header entry, one column per field.
+ENTRY_COLUMNS = ("tensor", "shard", "dtype", "shape", "offset_begin", "offset_end")
+
+
+def entry_columns(entries: Iterable[TensorEntry]) -> dict[str, list]:
+    """Header entries as :data:`ENTRY_COLUMNS` column lists."""
+    rows = [(e.name, e.shard, e.dtype, list(e.shape), e.begin, e.end) for e in entries]
+    return {name: [row[k] for row in rows] for k, name in enumerate(ENTRY_COLUMNS)}
+
+
+def entries_from_columns(columns: Mapping[str, Sequence]) -> Iterator[TensorEntry]:
+    """Header entries back from :data:`ENTRY_COLUMNS` columns (extra columns ignored)."""
+    for name, shard, dtype, shape, begin, end in zip(
+        *(columns[c] for c in ENTRY_COLUMNS), strict=True
+    ):
+        yield TensorEntry(name, shard, dtype, tuple(shape), begin, end)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ bounded by the slice asked for.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -67,19 +66,13 @@ def logical_tensors(tensors: dict[str, TensorEntry]) -> dict[str, LogicalTensor]
     return out
 
 
-def scale_companions(tensors: dict[str, TensorEntry]) -> dict[str, str]:
-    """Map each scale/MXFP4-scales tensor to the logical tensor it belongs to."""
-    return {
-        lt.scale.name: lt.name for lt in logical_tensors(tensors).values() if lt.scale is not None
-    }
-
-
 class TensorReader:
     """Reads logical tensors of a checkpoint by exact byte range."""
 
-    def __init__(self, checkpoint: Checkpoint):
+    def __init__(self, checkpoint: Checkpoint, logical: dict[str, LogicalTensor] | None = None):
+        """``logical``: the checkpoint's :func:`logical_tensors`, when already computed."""
         self.checkpoint = checkpoint
-        self.logical = logical_tensors(checkpoint.tensors)
+        self.logical = logical_tensors(checkpoint.tensors) if logical is None else logical
         qc = checkpoint.config.get("quantization_config") or {}
         block = qc.get("weight_block_size") if isinstance(qc, dict) else None
         self.fp8_block = tuple(block) if block else None
@@ -119,17 +112,6 @@ class TensorReader:
         if lt.kind == "fp8" and lt.scale is not None:
             values = self._scale_fp8(lt, values, lead, rows)
         return values.astype(dtype, copy=False)
-
-    def iter_rows(
-        self, name: str, lead: tuple[int, ...] = (), max_bytes: int = 64 << 20
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(first_row, block)`` row blocks of ``tensor[lead...]`` within ``max_bytes``."""
-        shape = self.tensor(name).shape[len(lead) :]
-        n_rows = shape[0] if shape else 1
-        row_bytes = max(1, math.prod(shape[1:])) * 4
-        step = max(1, max_bytes // row_bytes)
-        for start in range(0, n_rows, step):
-            yield start, self.read(name, lead, (start, min(n_rows, start + step)))
 
     def read_into(
         self, out: np.ndarray, name: str, lead: tuple[int, ...] = (), rows=None

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..io.checkpoint import Checkpoint, list_shards, read_config
-from ..io.header import TensorEntry
+from ..io.header import ENTRY_COLUMNS, entries_from_columns
 from ..io.reader import TensorReader
 from ..model import OpenModel
 
@@ -42,24 +42,11 @@ class Routers:
             for layer, info in sorted(summary["layers"].items(), key=lambda kv: int(kv[0]))
         ]
         wanted = {name for _, router, bias in layers for name in (router, bias) if name}
-        table = pq.read_table(
-            inventory,
-            columns=["tensor", "shard", "dtype", "shape", "offset_begin", "offset_end", "logical"],
-        )
+        table = pq.read_table(inventory, columns=[*ENTRY_COLUMNS, "logical"])
         table = table.filter(
             pc.is_in(table["logical"], value_set=pa.array(sorted(wanted), pa.string()))
         )
-        tensors = {
-            row["tensor"]: TensorEntry(
-                row["tensor"],
-                row["shard"],
-                row["dtype"],
-                tuple(row["shape"]),
-                row["offset_begin"],
-                row["offset_end"],
-            )
-            for row in table.to_pylist()
-        }
+        tensors = {e.name: e for e in entries_from_columns(table.to_pydict())}
         listing = list_shards(path)
         checkpoint = Checkpoint(
             listing.root, listing.shards, {}, tensors, read_config(listing.root)
