@@ -111,6 +111,15 @@ def test_router_frames_contain_each_router_row():
         assert np.linalg.norm(frames[e] @ (frames[e].T @ unit)) == pytest.approx(1.0)
 
 
+def test_router_frames_of_a_zero_or_dependent_row_are_still_orthonormal():
+    w = np.random.default_rng(4).standard_normal((5, 16))
+    w[0] = 0.0  # a pruned expert
+    w[1] = w[2] + w[3]  # inside the span of the shared directions' rows
+    frames = router_frames(w, 3)
+    for e in range(5):
+        np.testing.assert_allclose(frames[e].T @ frames[e], np.eye(3), atol=1e-10)
+
+
 def test_summary_rows_split_source_metric_and_scale():
     rows = summary_rows(3, {"n_experts": 8, "function.b1@0.3": 2, "router_l1.h1_significant": 1})
     assert rows.values.tolist() == [

@@ -98,7 +98,7 @@ def router_frames(weight: np.ndarray, d: int) -> np.ndarray:
     for e in range(n):
         block = np.column_stack([unit[e], basis])
         q, _ = np.linalg.qr(block)
-        frames[e] = q[:, :d] * np.sign(np.diag(q[:, :d].T @ block[:, :d]))
+        frames[e] = q[:, :d]  # orthonormal whatever the row; a stalk's gauge changes nothing
     return frames
 
 
