@@ -17,7 +17,7 @@ from moetopo.io.checkpoint import checkpoint_from_entries, list_shards, open_che
 from moetopo.io.header import entries_from_columns, entry_columns
 from moetopo.io.reader import TensorReader
 from moetopo.model import open_model
-from moetopo.stages.gates import gate_rows
+from moetopo.stages.gates import gate_rows, gates_from_rows
 
 
 def reader_for(tmp_path, tensors, config=None, n_shards=1):
@@ -358,6 +358,12 @@ def test_nan_router_is_a_recorded_warning(tmp_path):
     assert np.column_stack([rows["layer"][bad], rows["expert"][bad]]).tolist() == [[1, 2], [1, 3]]
     assert len(warnings) == 1 and "layer 1" in warnings[0] and "[2, 3]" in warnings[0]
     assert rows["finite"][rows["layer"] == 0].all()
+    # later stages get the router with those values zeroed, and the experts named
+    gates = gates_from_rows(rows)
+    assert gates[1].nonfinite == (2, 3) and gates[0].nonfinite == ()
+    assert np.isfinite(gates[1].weight).all()
+    assert gates[1].weight[2, 5] == 0 and gates[1].weight[3, 0] == 0
+    np.testing.assert_array_equal(gates[1].weight[:2], rows["weight"][rows["layer"] == 1][:2])
 
 
 def test_reads_out_of_range_are_clear_errors(tmp_path):

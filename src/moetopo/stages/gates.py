@@ -56,11 +56,16 @@ class Routers:
 
 @dataclass(frozen=True)
 class GateLayer:
-    """One layer's router as later stages use it: weight [E, H], logit and selection biases."""
+    """One layer's router as later stages use it: weight [E, H], logit and selection biases.
+
+    Non-finite router values (flagged by the gates stage) are zeroed here, once, for every
+    stage that reads the router; ``nonfinite`` lists the experts whose rows had any.
+    """
 
     weight: np.ndarray
     bias: np.ndarray | None
     selection: np.ndarray | None
+    nonfinite: tuple[int, ...] = ()
 
 
 def gates_from_rows(columns: dict[str, np.ndarray]) -> dict[int, GateLayer]:
@@ -71,11 +76,15 @@ def gates_from_rows(columns: dict[str, np.ndarray]) -> dict[int, GateLayer]:
         pick = np.flatnonzero(layers == layer)
         pick = pick[np.argsort(np.asarray(columns["expert"])[pick], kind="stable")]
         weight = np.asarray(columns["weight"])[pick].astype(np.float64)
+        finite = np.isfinite(weight)
+        nonfinite = tuple(np.flatnonzero(~finite.all(axis=1)).tolist())
+        if nonfinite:
+            weight = np.where(finite, weight, 0.0)
         biases = []
         for name in ("bias", "selection_bias"):
             values = np.asarray(columns[name], dtype=np.float64)[pick]
             biases.append(None if np.isnan(values).all() else np.nan_to_num(values))
-        out[int(layer)] = GateLayer(weight, *biases)
+        out[int(layer)] = GateLayer(weight, *biases, nonfinite)
     return out
 
 

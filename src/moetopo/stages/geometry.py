@@ -44,13 +44,12 @@ def layer_distances(
     matrices: dict[str, np.ndarray] = {}
     warnings: list[str] = []
     if any(s.startswith("router_") for s in sources):
-        weight = gates[layer].weight
-        if not np.isfinite(weight).all():
+        if gates[layer].nonfinite:
             warnings.append(
                 f"layer {layer}: non-finite router values set to 0 for router distances"
             )
-            weight = np.where(np.isfinite(weight), weight, 0.0)
-        matrices.update({k: v for k, v in router_distances(weight).items() if k in sources})
+        router = router_distances(gates[layer].weight)
+        matrices.update({k: v for k, v in router.items() if k in sources})
     wants_weights = any(s in sources for s in ("weight_l2", "weight_cosine", "function"))
     if wants_weights and not moe.experts:
         warnings.append(f"layer {layer}: no expert weights recognised; weight sources skipped")

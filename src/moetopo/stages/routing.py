@@ -58,11 +58,9 @@ def routing_tables(
     for layer in layers:
         weight, bias, selection = gates[layer].weight, gates[layer].bias, gates[layer].selection
         rule = layer_rule(model, layer)
-        finite = np.isfinite(weight).all(axis=1)
-        if not finite.all():
-            weight = np.where(np.isfinite(weight), weight, 0.0)
+        if gates[layer].nonfinite:
             result.warnings.append(
-                f"layer {layer}: non-finite router rows {np.flatnonzero(~finite).tolist()} "
+                f"layer {layer}: non-finite router rows {list(gates[layer].nonfinite)} "
                 "were zeroed for routing"
             )
         probe = route(probe_x @ weight.T, rule, bias, selection)
