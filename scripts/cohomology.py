@@ -40,9 +40,10 @@ def main(snakemake):
         seed=p.seed,
         chunk_bytes=int(p.chunk_mb) << 20,
     )
-    needs_weights = p.merge_barriers or p.sheaf_stalks == "weights"
     model = (
-        open_model(p.path, p.family, inventory=snakemake.input.inventory) if needs_weights else None
+        open_model(p.path, p.family, inventory=snakemake.input.inventory)
+        if settings.reads_expert_weights
+        else None
     )
     tables = {
         name: read_table(path)[0]

@@ -26,7 +26,8 @@ SOURCES = (
     "function",
     "coactivation",
 )
-WEIGHT_SOURCES = ("weight_l2", "weight_cosine")
+# The sources that read every expert byte (the others need only routers and routing).
+EXPERT_WEIGHT_SOURCES = ("weight_l2", "weight_cosine", "function")
 
 
 def router_distances(router: np.ndarray) -> dict[str, np.ndarray]:

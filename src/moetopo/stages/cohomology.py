@@ -35,6 +35,10 @@ class CohomologySettings:
     seed: int = 0
     chunk_bytes: int = 256 << 20
 
+    @property
+    def reads_expert_weights(self) -> bool:
+        return self.merge_barriers or self.sheaf_stalks == "weights"
+
 
 class WeightMergeBarrier:
     """Cost of merging a set of experts the way merging compressors do: average their weights.

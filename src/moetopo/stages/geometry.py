@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from ..geometry import (
+    EXPERT_WEIGHT_SOURCES,
     SOURCES,
     coactivation_distances,
     layer_function_distances,
@@ -50,7 +51,7 @@ def layer_distances(
             )
         router = router_distances(gates[layer].weight)
         matrices.update({k: v for k, v in router.items() if k in sources})
-    wants_weights = any(s in sources for s in ("weight_l2", "weight_cosine", "function"))
+    wants_weights = any(s in sources for s in EXPERT_WEIGHT_SOURCES)
     if wants_weights and not moe.experts:
         warnings.append(f"layer {layer}: no expert weights recognised; weight sources skipped")
     elif wants_weights:
