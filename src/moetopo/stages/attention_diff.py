@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ..artefacts import read_meta, stream_table
+from ..artefacts import read_meta, schema, stream_table
 from ..attention import attention_splits, unmapped_attention
 from ..errors import PairMismatchError
 from ..layout import MoELayer
@@ -22,8 +22,6 @@ from ..model import OpenModel
 from ..rowdiff import RowMeasure, Span, compare_spans
 
 MAX_LISTED = 5
-_SUMMARY = ["rows", "shifted_rows", "shifted_fraction", "mean_shift", "max_shift"]
-_SUMMARY += ["relative_change", "frobenius_base", "frobenius_diff"]
 
 
 @dataclass
@@ -198,8 +196,8 @@ def diff_layers(
         else:
             moe.append({**row, "kind": kind, "expert": what})
     return LayerDiff(
-        _frame(attention, ["layer", "projection", *_SUMMARY, "n_tensors"]),
-        _frame(moe, ["layer", "kind", "expert", *_SUMMARY]),
+        _frame(attention, schema("attention_diff").names),
+        _frame(moe, schema("moe_diff").names),
         warnings,
         unmapped_attention(base.layout, layers),
     )
