@@ -6,6 +6,9 @@ import multiprocessing
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from queue import Empty
+
+from ..snake import peak_rss_mib
 
 
 @dataclass(frozen=True)
@@ -22,27 +25,31 @@ def _child(queue, func, args):
     queue.put((seconds, peak_rss_mib(), result))
 
 
-def peak_rss_mib() -> float:
-    """This process's high-water resident set, in MiB.
+def in_fresh_process(func: Callable, *args, timeout: float | None = None) -> Measurement | None:
+    """``func(*args)`` in a spawned interpreter, so peak RSS is that function's alone.
 
-    VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across fork and exec, so a
-    spawned child would report its parent's peak (the benchmark writer's, often GBs).
+    None when it has not finished after ``timeout`` seconds (it is then stopped); a child
+    that dies is an error, never a wait without end.
     """
-    from ..snake import peak_rss_mib as vm_hwm
-
-    return vm_hwm()
-
-
-def in_fresh_process(func: Callable, *args) -> Measurement:
-    """``func(*args)`` in a spawned interpreter, so peak RSS is that function's alone."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_child, args=(queue, func, args))
     process.start()
-    seconds, peak, result = queue.get()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            seconds, peak, result = queue.get(timeout=1.0)
+            break
+        except Empty:
+            if not process.is_alive():
+                raise RuntimeError(
+                    f"benchmark child failed with exit code {process.exitcode}"
+                ) from None
+            if deadline is not None and time.monotonic() > deadline:
+                process.terminate()
+                process.join()
+                return None
     process.join()
-    if process.exitcode:
-        raise RuntimeError(f"benchmark child failed with exit code {process.exitcode}")
     return Measurement(seconds, peak, result)
 
 

@@ -13,7 +13,6 @@ larger sizes are skipped once it fails to finish or its dense matrices would not
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import time
 
 import numpy as np
@@ -24,6 +23,8 @@ from moetopo.topology.hodgecover import hodgecover_ranking
 from moetopo.topology.layer import TopologyParams, layer_topology
 from moetopo.topology.persistence import vietoris_rips_diagrams
 from moetopo.topology.sheaf import leading_input_directions, procrustes_maps
+
+from .measure import in_fresh_process
 
 
 def synthetic_layer(n: int, dim: int, seed: int, shape: str = "gaussian") -> dict:
@@ -112,22 +113,14 @@ def naive(case: dict, quantile: float) -> dict:
     return {"seconds": time.perf_counter() - start, "b1": int(betti1), "h0": int(h0)}
 
 
-def _child(queue, args: argparse.Namespace, n: int) -> None:
-    queue.put(naive(synthetic_layer(n, args.dim, args.seed, args.shape), args.quantile))
+def naive_case(args: argparse.Namespace, n: int) -> dict:
+    return naive(synthetic_layer(n, args.dim, args.seed, args.shape), args.quantile)
 
 
 def run_naive(args: argparse.Namespace, n: int) -> dict | None:
     """``naive`` in a spawned process; None when it does not finish within the timeout."""
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_child, args=(queue, args, n))
-    process.start()
-    process.join(args.naive_timeout)
-    if process.is_alive():
-        process.terminate()
-        process.join()
-        return None
-    return queue.get() if process.exitcode == 0 else None
+    measured = in_fresh_process(naive_case, args, n, timeout=args.naive_timeout)
+    return None if measured is None else measured.result
 
 
 def main(argv: list[str]) -> int:
