@@ -179,14 +179,6 @@ def save_npz(
     np.savez_compressed(path, **arrays)
 
 
-def load_npz(path: Path) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
-    """Read a captured-routing file back (no pickles)."""
-    with np.load(path, allow_pickle=False) as data:
-        meta = json.loads(str(data["meta"]))
-        logits = {int(k.split("_", 1)[1]): data[k] for k in data.files if k.startswith("layer_")}
-    return dict(sorted(logits.items())), meta
-
-
 def capture_file(
     model_dir: Path,
     text_path: Path,

@@ -17,9 +17,6 @@ import numpy as np
 
 from ..fixtures.writer import Hole, write_safetensors
 
-REAL = "real"
-
-
 ROUTER = "router"
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-BYTE_VOCAB = 256
 BOS_ID = 256
 EOS_ID = 257  # separates documents in a stream
 VOCAB_SIZE = 258
