@@ -1,8 +1,9 @@
 from moetopo.artefacts import read_table, write_table
+from moetopo.geometry import pairs_table
 from moetopo.model import open_model
 from moetopo.snake import log, run
 from moetopo.stages.gates import load_gates
-from moetopo.stages.geometry import distance_rows, layer_distances
+from moetopo.stages.geometry import layer_distances
 
 
 def main(snakemake):
@@ -30,7 +31,7 @@ def main(snakemake):
         "chunk_mb": params.chunk_mb,
     }
     write_table(
-        distance_rows(layer, matrices),
+        pairs_table(layer, matrices),
         snakemake.output[0],
         "expert_distances",
         sort_by=["layer", "source", "i", "j"],

@@ -69,20 +69,6 @@ def read_expert(
     return ExpertWeights(**{k: np.ascontiguousarray(v) for k, v in parts.items()})
 
 
-def read_shared(reader: TensorReader, moe: MoELayer, dtype=np.float32) -> ExpertWeights | None:
-    """The layer's shared expert (several shared experts are stored as one wider MLP)."""
-    if not moe.shared:
-        return None
-    parts = {}
-    for role, name in moe.shared.items():
-        values = reader.read(name, dtype=dtype)
-        if role == "shared_expert_gate_up":
-            parts["gate"], parts["up"] = _split(values, "halves")
-        else:
-            parts[role.removeprefix("shared_expert_")] = values
-    return ExpertWeights(**parts)
-
-
 def activate(gate, up, activation: str, limit: float | None = None) -> np.ndarray:
     """The hidden activation of one expert, by family convention."""
     if activation == "swiglu":

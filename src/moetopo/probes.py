@@ -99,6 +99,18 @@ def probe_token_ids(model: OpenModel, n_tokens: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(vocab, size=min(n_tokens, vocab), replace=False))
 
 
+def function_probe(
+    model: OpenModel, n_tokens: int, seed: int
+) -> tuple[np.ndarray, str, float | None]:
+    """(probe inputs, activation, SwiGLU clamp) on which expert outputs are compared.
+
+    The function distance and the merge barriers both use it, so they measure the
+    experts on the same tokens with the same activation.
+    """
+    x = normalised_embeddings(model, probe_token_ids(model, n_tokens, seed))
+    return x, model.layout.activation, model.checkpoint.config.get("swiglu_limit")
+
+
 def load_captured(path: str | Path) -> tuple[dict[int, np.ndarray], np.ndarray | None, dict]:
     """Captured router logits: per layer [tokens, experts], token ids if recorded, metadata.
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..experts import ExpertWeights, expert_output, merged, read_expert
 from ..model import OpenModel
-from ..probes import normalised_embeddings, probe_token_ids
+from ..probes import function_probe
 from ..topology.layer import LayerTopology, TopologyParams, layer_topology
 from ..topology.sheaf import leading_input_directions
 from .clusters import distance_matrices
@@ -155,14 +155,9 @@ def layer_cohomology(
     barrier = None
     if settings.merge_barriers and model is not None and model.layout.layers[layer].experts:
         moe = model.layout.layers[layer]
-        x = normalised_embeddings(
-            model, probe_token_ids(model, settings.function_tokens, settings.seed)
-        )
         barrier = WeightMergeBarrier(
             lambda e: read_expert(model.reader, moe, e),
-            x,
-            model.layout.activation,
-            model.checkpoint.config.get("swiglu_limit"),
+            *function_probe(model, settings.function_tokens, settings.seed),
             settings.chunk_bytes,
         )
     return layer_topology(

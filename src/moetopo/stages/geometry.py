@@ -10,12 +10,11 @@ from ..geometry import (
     SOURCES,
     coactivation_distances,
     layer_function_distances,
-    pairs_table,
     router_distances,
     weight_distances,
 )
 from ..model import OpenModel
-from ..probes import normalised_embeddings, probe_token_ids
+from ..probes import function_probe
 from .gates import GateLayer
 
 
@@ -59,11 +58,8 @@ def layer_distances(
             found = weight_distances(model.reader, moe, chunk_bytes)
             matrices.update({k: v for k, v in found.items() if k in sources})
         if "function" in sources:
-            x = normalised_embeddings(model, probe_token_ids(model, function_tokens, seed))
-            limit = model.checkpoint.config.get("swiglu_limit")
-            matrices["function"] = layer_function_distances(
-                model.reader, moe, x, model.layout.activation, limit, chunk_bytes
-            )
+            probe = function_probe(model, function_tokens, seed)
+            matrices["function"] = layer_function_distances(model.reader, moe, *probe, chunk_bytes)
     if "coactivation" in sources:
         if coactivation is None:
             warnings.append(f"layer {layer}: no coactivation artefact; coactivation skipped")
@@ -71,7 +67,3 @@ def layer_distances(
             counts = coactivation_matrix(coactivation, layer, moe.n_experts)
             matrices["coactivation"] = coactivation_distances(counts)
     return matrices, warnings
-
-
-def distance_rows(layer: int, matrices: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return pairs_table(layer, matrices)
