@@ -133,15 +133,11 @@ def layer_cohomology(
     """Everything topological about ``layer``; ``model`` is needed only to read expert weights."""
     matrices = {source: m for lay, source, m in distance_matrices(distances) if lay == layer}
     n = len(next(iter(matrices.values())))
-    rate = None
-    if coactivation is not None:
-        counts = coactivation_matrix(coactivation, layer, n)
-        tokens = routing[routing.layer == layer].tokens.iloc[0] if routing is not None else 1
-        rate = counts / max(int(tokens), 1)
+    rate = None if coactivation is None else coactivation_matrix(coactivation, layer, n, "rate")
     load = None
     if routing is not None:
         load = routing[routing.layer == layer].sort_values("expert").load.to_numpy()
-    signal = params.hodge_signal if params.hodge_signal in matrices else next(iter(matrices))
+    signal = params.signal_source(matrices)
     groups = layer_groups(clusters, layer, signal, settings.groups_threshold)
     frames = None
     if (

@@ -18,12 +18,15 @@ from ..probes import function_probe
 from .gates import GateLayer
 
 
-def coactivation_matrix(coactivation: pd.DataFrame, layer: int, n_experts: int) -> np.ndarray:
-    """Symmetric [E, E] counts of one layer from the coactivation artefact (upper triangle)."""
+def coactivation_matrix(
+    coactivation: pd.DataFrame, layer: int, n_experts: int, column: str = "count"
+) -> np.ndarray:
+    """Symmetric [E, E] ``column`` (count or rate) of one layer from the coactivation
+    artefact, which stores the upper triangle."""
     rows = coactivation[coactivation.layer == layer]
-    counts = np.zeros((n_experts, n_experts), dtype=np.int64)
-    counts[rows.i.to_numpy(), rows.j.to_numpy()] = rows["count"].to_numpy()
-    return np.triu(counts) + np.triu(counts, 1).T
+    values = np.zeros((n_experts, n_experts), dtype=rows[column].dtype)
+    values[rows.i.to_numpy(), rows.j.to_numpy()] = rows[column].to_numpy()
+    return np.triu(values) + np.triu(values, 1).T
 
 
 def layer_distances(

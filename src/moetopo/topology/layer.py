@@ -69,6 +69,11 @@ class TopologyParams:
         if min(self.rtol, self.noise_floor, self.n_critical_edges) < 0:
             raise ValueError("rtol, noise_floor and n_critical_edges must be non-negative")
 
+    def signal_source(self, names) -> str:
+        """The Hodge edge signal's source among ``names``: hodge_signal, else the first."""
+        names = list(names)
+        return self.hodge_signal if self.hodge_signal in names else names[0]
+
 
 @dataclass(frozen=True)
 class LayerTopology:
@@ -129,7 +134,7 @@ def layer_topology(
     n = len(next(iter(sources.values())))
     if n < 2 or any(d.shape != (n, n) for d in sources.values()):
         raise ValueError("all distance matrices must be n x n with n >= 2")
-    signal_name = params.hodge_signal if params.hodge_signal in sources else next(iter(sources))
+    signal_name = params.signal_source(sources)
     signal = sources[signal_name]
     weights = _edge_weights(coactivation, n)
     if load is not None:
