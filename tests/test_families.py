@@ -144,6 +144,15 @@ def expert_matrices(om: OpenModel, layer: int, expert: int) -> dict[str, np.ndar
     return out
 
 
+@pytest.mark.parametrize("family,layout", [("jetmoe", "fused"), ("mixtral", "mxfp4")])
+def test_a_layout_the_family_has_not_is_refused_before_anything_is_written(
+    tmp_path, family, layout
+):
+    with pytest.raises(ValueError, match=f"{family}: unknown layout '{layout}'"):
+        write_family(random_model(n_layers=1, n_experts=4), family, tmp_path / "m", layout)
+    assert not (tmp_path / "m").exists()
+
+
 def test_every_issue_family_has_a_spec_a_writer_and_a_recipe():
     specs = load_families()
     for family in ISSUE_FAMILIES:
