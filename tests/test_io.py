@@ -128,6 +128,19 @@ def test_read_into_a_reused_buffer_equals_read(tmp_path):
         out = buffer[: expected.size]
         assert reader.read_into(out, name, lead, rows) is out
         np.testing.assert_array_equal(out, expected.ravel())
+    stored = np.empty((4, 7), dtype=ml_dtypes.bfloat16)  # as stored: no conversion at all
+    reader.read_into(stored, "e", (1,), (2, 6))
+    np.testing.assert_array_equal(stored.view(np.uint16), stacked[1, 2:6].view(np.uint16))
+
+
+def test_read_into_a_shard_cut_short_after_opening_names_file_and_tensor(tmp_path):
+    reader = reader_for(tmp_path, {"w": np.ones((64, 64), dtype=np.float32)})
+    path = reader.checkpoint.shard_path(reader.tensor("w").data.shard)
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size - 1000)
+    with pytest.raises(CheckpointError, match="file ends at byte .* inside tensor data") as error:
+        reader.read_into(np.empty(64 * 64), "w")
+    assert error.value.path == str(path) and error.value.tensor == "w"
 
 
 # --- bad input --------------------------------------------------------------------------

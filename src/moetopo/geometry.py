@@ -14,6 +14,7 @@ import numpy as np
 from scipy.spatial.distance import pdist, squareform
 
 from .experts import ExpertWeights, expert_output, read_expert
+from .io.prefetch import prefetched
 from .io.reader import TensorReader
 from .layout import MoELayer
 
@@ -28,6 +29,7 @@ SOURCES = (
 )
 # The sources that read every expert byte (the others need only routers and routing).
 EXPERT_WEIGHT_SOURCES = ("weight_l2", "weight_cosine", "function")
+_GRAM_SLICE_BYTES = 2 << 20  # float64 columns added to the Gram at once: fits in L2 cache
 
 
 def router_distances(router: np.ndarray) -> dict[str, np.ndarray]:
@@ -61,10 +63,11 @@ class CenteredGram:
         self.centred = np.zeros((n, n), dtype=np.float64)
         self.dot_mean = np.zeros(n)  # <x_i, mean>
         self.mean_sq = 0.0  # <mean, mean>
+        self.averager = np.full(n, 1.0 / n)
 
     def add(self, chunk: np.ndarray) -> None:
         """Add a C-ordered float64 [E, c] chunk; it is centred in place (and so consumed)."""
-        mean = chunk.mean(axis=0)
+        mean = self.averager @ chunk  # a BLAS gemv: faster than numpy's axis-0 mean
         self.dot_mean += chunk @ mean
         self.mean_sq += float(mean @ mean)
         chunk -= mean
@@ -93,23 +96,43 @@ class CenteredGram:
 def weight_distances(
     reader: TensorReader, moe: MoELayer, chunk_bytes: int = 256 << 20
 ) -> dict[str, np.ndarray]:
-    """Exact L2 and cosine distances over each expert's concatenated gate/up/down weights."""
+    """Exact L2 and cosine distances over each expert's concatenated gate/up/down weights.
+
+    Chunks of rows of every expert are read as stored (BF16 stays two bytes) into two
+    reused buffers of half ``chunk_bytes``, the next while the Gram takes the current;
+    a chunk is widened to float64 a cache-sized slice of columns at a time, so the
+    float64 copy never leaves the CPU cache.
+    """
     n = moe.n_experts
     gram = CenteredGram(n)
-    buffer = np.empty(max(1, chunk_bytes // 8), dtype=np.float64)  # reused: no page faults
+    half = max(1, chunk_bytes // 2)
+    chunks = []
     for role in sorted(moe.experts):
         tensor = moe.experts[role]
+        stored = reader.storage_dtype(tensor.locate(0)[0])
         rows, cols = tensor.shape[0], int(np.prod(tensor.shape[1:]))
-        step = max(1, chunk_bytes // (8 * n * cols))
-        if n * step * cols > buffer.size:  # one expert row is larger than the chunk
-            buffer = np.empty(n * step * cols, dtype=np.float64)
-        for r0 in range(0, rows, step):
-            r1 = min(rows, r0 + step)
-            block = buffer[: n * (r1 - r0) * cols].reshape(n, (r1 - r0) * cols)
-            for e in range(n):
-                name, lead, off = tensor.locate(e)
-                reader.read_into(block[e], name, lead, (off + r0, off + r1))
-            gram.add(block)
+        step = max(1, half // (stored.itemsize * n * cols))
+        half = max(half, n * step * cols * stored.itemsize)  # one expert row > the chunk
+        chunks += [(tensor, stored, r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
+    buffers = [np.empty(half, dtype=np.uint8) for _ in range(2)]
+
+    def load(chunk, slot: int) -> np.ndarray:
+        tensor, stored, r0, r1 = chunk
+        size = n * (r1 - r0) * int(np.prod(tensor.shape[1:]))
+        block = buffers[slot][: size * stored.itemsize].view(stored).reshape(n, -1)
+        for e in range(n):
+            name, lead, off = tensor.locate(e)
+            reader.read_into(block[e], name, lead, (off + r0, off + r1))
+        return block
+
+    width = max(256, _GRAM_SLICE_BYTES // (8 * n))
+    work = np.empty(n * width, dtype=np.float64)
+    for _, block in prefetched(chunks, load):
+        for c0 in range(0, block.shape[1], width):
+            part = block[:, c0 : c0 + width]
+            wide = work[: part.size].reshape(part.shape)
+            np.copyto(wide, part, casting="unsafe")
+            gram.add(wide)
     l2, cosine = gram.distances()
     return {"weight_l2": l2, "weight_cosine": cosine}
 

@@ -1,8 +1,8 @@
 """Streamed row-by-row comparison of the same tensors in two checkpoints.
 
 Both models are read by exact byte range, one row block at a time: each block is
-memory-mapped and populated on a second thread while the previous one is compared,
-so at most two blocks per model are resident and reading overlaps computing. BF16,
+read on a second thread while the previous one is compared, into one of two reused
+buffers per model, so memory is four blocks and reading overlaps computing. BF16,
 F16 and F32 rows are widened to float32 in cache-sized sub-blocks; FP8 and MXFP4
 tensors go through :class:`TensorReader`'s dequantisation.
 
@@ -15,22 +15,18 @@ row's norm under the same measure (L1 or L2 norm; cosine is scale-free already).
 from __future__ import annotations
 
 import math
-import mmap
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
 
-from .errors import CheckpointError
-from .io.reader import TensorReader
+from .io.prefetch import prefetched
+from .io.reader import TensorReader, read_exactly
 
 MEASURES = ("l1", "l2", "cosine")
 THRESHOLD_KINDS = ("absolute", "relative")
 _FAST = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32}
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux; elsewhere pages fault in on use
-_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
 _SUB_ELEMENTS = 1 << 15  # per sub-block: three float32 work arrays stay in L2 cache
 
 
@@ -147,27 +143,19 @@ def compare_spans(
     """
     totals = RowTotals.zeros(n_slots)
     block_bytes = max(1, chunk_bytes // 4)
-    with (
-        _Rows(base) as left,
-        _Rows(tuned) as right,
-        ThreadPoolExecutor(max_workers=1) as reader,
-        ThreadPoolExecutor(max_workers=max(1, workers)) as compute,
-    ):
-        blocks = [
-            (span, a, b)
-            for span in spans
-            for a, b in _blocks(span, max(left.row_bytes(span), right.row_bytes(span)), block_bytes)
-        ]
+    left, right = _Rows(base, block_bytes), _Rows(tuned, block_bytes)
+    blocks = [
+        (span, a, b)
+        for span in spans
+        for a, b in _blocks(span, max(left.row_bytes(span), right.row_bytes(span)), block_bytes)
+    ]
 
-        def fetch(i: int):
-            span, a, b = blocks[i]
-            return left.read(span.tensor, a, b), right.read(span.tensor, a, b)
+    def load(block, slot: int):
+        span, a, b = block
+        return left.read(span.tensor, a, b, slot), right.read(span.tensor, a, b, slot)
 
-        pending = reader.submit(fetch, 0) if blocks else None
-        for i, (span, a, b) in enumerate(blocks):
-            x, y = pending.result()
-            if i + 1 < len(blocks):
-                pending = reader.submit(fetch, i + 1)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as compute:
+        for (span, a, b), (x, y) in prefetched(blocks, load):
             change, ref, diff_sq, base_sq = _parallel_changes(compute, workers, x, y, measure)
             limit = measure.threshold * ref if measure.kind == "relative" else measure.threshold
             totals.add(span.slots(a, b), change, change > limit, diff_sq, base_sq)
@@ -258,24 +246,13 @@ class _Work:
 
 
 class _Rows:
-    """Row blocks of one model as read-only memory maps, populated when mapped.
+    """Row blocks of one model, read as stored into two reused buffers (one being
+    compared, one being filled by the read-ahead thread)."""
 
-    Mapping with MAP_POPULATE reads the block into the page cache and maps it in one
-    call (on the prefetch thread), so the comparison reads it with no page faults and
-    no copy; a block is unmapped as soon as its array is dropped.
-    """
-
-    def __init__(self, reader: TensorReader):
+    def __init__(self, reader: TensorReader, block_bytes: int):
         self.reader = reader
-        self.files: dict[str, int] = {}
-
-    def __enter__(self) -> _Rows:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for fd in self.files.values():
-            os.close(fd)
-        self.files.clear()
+        self.buffers = [np.empty(0, dtype=np.uint8) for _ in range(2)]
+        self.block_bytes = block_bytes
 
     def _fast(self, name: str) -> bool:
         lt = self.reader.tensor(name)
@@ -286,35 +263,20 @@ class _Rows:
         cols = lt.shape[-1]
         return cols * (np.dtype(_FAST[lt.data.dtype]).itemsize if self._fast(span.tensor) else 4)
 
-    def read(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Flat rows ``[start, stop)`` of ``name``: stored elements on the fast path,
-        dequantised float32 otherwise."""
+    def read(self, name: str, start: int, stop: int, slot: int) -> np.ndarray:
+        """Flat rows ``[start, stop)`` of ``name``: stored elements in buffer ``slot`` on
+        the fast path, dequantised float32 otherwise."""
         lt = self.reader.tensor(name)
         if not self._fast(name):
             return self._dequantised(name, lt.shape, start, stop)
         cols, element, entry = lt.shape[-1], np.dtype(_FAST[lt.data.dtype]), lt.data
-        count = (stop - start) * cols
-        offset = entry.begin + start * cols * element.itemsize
-        if entry.shard not in self.files:
-            path = self.reader.checkpoint.shard_path(entry.shard)
-            self.files[entry.shard] = os.open(path, os.O_RDONLY)
-        aligned = offset - offset % mmap.ALLOCATIONGRANULARITY
-        length = offset + count * element.itemsize - aligned
-        if _WILLNEED is not None:  # one large read-ahead, not page-sized faults from disk
-            os.posix_fadvise(self.files[entry.shard], aligned, length, _WILLNEED)
-        try:
-            mapped = mmap.mmap(
-                self.files[entry.shard],
-                length,
-                flags=mmap.MAP_SHARED | _POPULATE,
-                prot=mmap.PROT_READ,
-                offset=aligned,
-            )
-        except ValueError as exc:  # the shard is shorter than its header says
-            path = self.reader.checkpoint.shard_path(entry.shard)
-            raise CheckpointError(path, f"cannot map rows {start}:{stop}: {exc}", name) from exc
-        rows = np.frombuffer(mapped, dtype=element, count=count, offset=offset - aligned)
-        return rows.reshape(stop - start, cols)
+        nbytes = (stop - start) * cols * element.itemsize
+        if self.buffers[slot].size < nbytes:
+            self.buffers[slot] = np.empty(max(nbytes, self.block_bytes), dtype=np.uint8)
+        rows = self.buffers[slot][:nbytes].view(element).reshape(stop - start, cols)
+        path = self.reader.checkpoint.shard_path(entry.shard)
+        read_exactly(path, entry.begin + start * cols * element.itemsize, rows, name)
+        return rows
 
     def _dequantised(self, name: str, shape: tuple[int, ...], start: int, stop: int):
         """Rows through TensorReader, split where they cross a leading index."""

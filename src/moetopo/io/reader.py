@@ -10,6 +10,8 @@ bounded by the slice asked for.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -76,6 +78,7 @@ class TensorReader:
         qc = checkpoint.config.get("quantization_config") or {}
         block = qc.get("weight_block_size") if isinstance(qc, dict) else None
         self.fp8_block = tuple(block) if block else None
+        self._scratch = np.empty(0, dtype=np.uint8)
 
     def __contains__(self, name: str) -> bool:
         return name in self.logical
@@ -113,21 +116,43 @@ class TensorReader:
             values = self._scale_fp8(lt, values, lead, rows)
         return values.astype(dtype, copy=False)
 
+    def storage_dtype(self, name: str) -> np.dtype:
+        """The element type :meth:`read_into` reads without a conversion: the stored
+        type of a plain tensor, float32 for a dequantised one."""
+        lt = self.tensor(name)
+        return ELEMENT_TYPES[lt.data.dtype].numpy if lt.kind == "plain" else np.dtype(np.float32)
+
     def read_into(
         self, out: np.ndarray, name: str, lead: tuple[int, ...] = (), rows=None
     ) -> np.ndarray:
-        """:meth:`read` written into ``out`` (its dtype; any shape of the same size).
+        """:meth:`read` written into the C-contiguous ``out`` (its dtype; any shape of the
+        same size).
 
-        A plain tensor's stored elements are cast straight from the file into ``out``,
-        with no copy between, so a caller reusing ``out`` allocates nothing per read."""
+        A plain tensor's bytes come by positional reads into a scratch buffer the reader
+        keeps (straight into ``out`` when the dtypes match) and are cast from there, so a
+        caller reusing ``out`` allocates and maps nothing per read. Not thread-safe: one
+        reader per thread."""
         lt = self.tensor(name)
         if lt.kind != "plain":
             out[...] = self.read(name, lead, rows, dtype=out.dtype).reshape(out.shape)
             return out
-        self._raw(lt.data, lead, rows, out=out)
+        path, offset, count, _ = self._locate(lt.data, lead, rows)
+        element = ELEMENT_TYPES[lt.data.dtype].numpy
+        if count != out.size:
+            raise ValueError(f"{name}: reading {count} elements into an array of {out.size}")
+        if out.dtype == element:
+            read_exactly(path, offset, out, name)
+            return out
+        nbytes = count * element.itemsize
+        if self._scratch.size < nbytes:
+            self._scratch = np.empty(nbytes, dtype=np.uint8)
+        stored = self._scratch[:nbytes].view(element)
+        read_exactly(path, offset, stored, name)
+        np.copyto(out, stored.reshape(out.shape), casting="unsafe")
         return out
 
-    def _raw(self, entry: TensorEntry, lead, rows, dtype=None, out=None) -> np.ndarray:
+    def _locate(self, entry: TensorEntry, lead, rows) -> tuple[Path, int, int, tuple]:
+        """(shard path, byte offset, element count, shape) of ``entry[lead..., r0:r1, ...]``."""
         shape = entry.shape
         k = len(lead)
         if k > len(shape) or any(not 0 <= i < d for i, d in zip(lead, shape, strict=False)):
@@ -148,25 +173,21 @@ class TensorReader:
                 )
             inner = math.prod(shape[k + 1 :])
             out_shape = (r1 - r0,) + shape[k + 1 :]
-        element = ELEMENT_TYPES[entry.dtype].numpy
-        count = (r1 - r0) * inner
         start = (int(np.ravel_multi_index(lead, shape[:k])) if k else 0) * (
             math.prod(shape[k:]) if k < len(shape) else 1
         ) + r0 * inner
+        itemsize = ELEMENT_TYPES[entry.dtype].itemsize
+        path = self.checkpoint.shard_path(entry.shard)
+        return path, entry.begin + start * itemsize, (r1 - r0) * inner, out_shape
+
+    def _raw(self, entry: TensorEntry, lead, rows, dtype=None) -> np.ndarray:
+        path, offset, count, out_shape = self._locate(entry, lead, rows)
+        element = ELEMENT_TYPES[entry.dtype].numpy
         target = element if dtype is None else np.dtype(dtype)
         if count == 0:
             return np.empty(out_shape, dtype=target)
-        mapped = np.memmap(
-            self.checkpoint.shard_path(entry.shard),
-            dtype=element,
-            mode="r",
-            offset=entry.begin + start * element.itemsize,
-            shape=(count,),
-        )
+        mapped = np.memmap(path, dtype=element, mode="r", offset=offset, shape=(count,))
         try:
-            if out is not None:
-                np.copyto(out, mapped.reshape(out.shape), casting="unsafe")
-                return out
             values = np.array(mapped, dtype=target)
         finally:
             del mapped
@@ -218,3 +239,24 @@ class TensorReader:
             f"scale shape {list(scale_dims)} does not tile the weight {list(dims)} in blocks",
             tensor=lt.scale.name,
         )
+
+
+def read_exactly(path: Path, offset: int, out: np.ndarray, tensor: str | None = None) -> None:
+    """Fill the C-contiguous ``out`` with the bytes of ``path`` from ``offset``.
+
+    Positional reads release the GIL (a thread reading ahead does not stall the thread
+    computing, as a populating mmap does) and copy into memory the caller reuses.
+    """
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        done = 0
+        while done < len(view):
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if n == 0:
+                raise CheckpointError(
+                    path, f"file ends at byte {offset + done}, inside tensor data", tensor
+                )
+            done += n
+    finally:
+        os.close(fd)
