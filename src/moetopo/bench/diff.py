@@ -6,7 +6,7 @@ of layer 0 and one expert rewritten. Each measurement runs in a fresh process: t
 stage over all layers (q/k/v/o, routers, every expert), against a plain loop of
 positional reads of exactly the same byte ranges of both models into one reused buffer.
 Both are timed cold (page cache dropped, as for checkpoints larger than memory) and
-warm (files cached).
+warm (files cached), in alternating order, several times; the fastest run counts.
 """
 
 from __future__ import annotations
@@ -155,6 +155,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workdir", default="/tmp", help="where to write the pair")
     parser.add_argument("--layers", type=int, default=2, help="Mixtral layers (2.9 GB each)")
     parser.add_argument("--chunk-mb", type=int, default=256)
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="runs of each job; the fastest counts"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="moetopo-bench-diff-") as tmp:
         base, tuned = Path(tmp) / "base", Path(tmp) / "tuned"
@@ -173,17 +176,23 @@ def main(argv: list[str]) -> int:
             ("moetopo attention_diff", ours, (str(base), str(tuned), args.chunk_mb)),
         )
         for cache in ("cold", "warm"):
+            best: dict[str, tuple[float, float]] = {}
+            for r in range(args.repeat):  # alternating order: neither job always goes first
+                for label, func, fargs in jobs if r % 2 == 0 else jobs[::-1]:
+                    if cache == "cold":
+                        drop_page_cache_hint(files)
+                    seconds, peak, result = in_fresh_process(timed, func, *fargs).result
+                    if func is ours and result != 1:
+                        raise AssertionError(f"expected one scaffold layer (0), found {result}")
+                    previous = best.get(label, (float("inf"), 0.0))
+                    best[label] = (min(previous[0], seconds), max(previous[1], peak))
             rates = []
-            for label, func, fargs in jobs:
-                if cache == "cold":
-                    drop_page_cache_hint(files)
-                seconds, peak, result = in_fresh_process(timed, func, *fargs).result
+            for label, _, _ in jobs:
+                seconds, peak = best[label]
                 rates.append(total / seconds / 1e9)
                 print(
                     f"{cache} {label:24s} {seconds:7.2f} s  {rates[-1]:6.2f} GB/s  "
                     f"peak RSS {peak:6.0f} MiB ({peak - floor:+.0f} over the imports)"
                 )
-                if func is ours and result != 1:
-                    raise AssertionError(f"expected one scaffold layer (0), found {result}")
             print(f"{cache}: moetopo / plain read = {rates[1] / rates[0]:.2f} (goal >= 0.70)")
     return 0
