@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import struct
+import threading
 
 import ml_dtypes
 import numpy as np
@@ -15,6 +16,7 @@ from moetopo.fixtures import random_model, write_checkpoint, write_family, write
 from moetopo.fixtures.quantize import quantize_fp8_blocks, quantize_mxfp4
 from moetopo.io.checkpoint import checkpoint_from_entries, list_shards, open_checkpoint
 from moetopo.io.header import entries_from_columns, entry_columns
+from moetopo.io.prefetch import prefetched
 from moetopo.io.reader import TensorReader
 from moetopo.model import open_model
 from moetopo.stages.gates import gate_rows, gates_from_rows
@@ -385,3 +387,37 @@ def test_reads_out_of_range_are_clear_errors(tmp_path):
         reader.read("w", rows=(2, 9))
     with pytest.raises(CheckpointError, match="no such tensor"):
         reader.read("missing")
+
+
+# --- read-ahead -------------------------------------------------------------------------
+
+
+def test_prefetched_yields_in_order_and_reads_the_next_item_meanwhile():
+    buffers = [None, None]
+    loaded = {k: threading.Event() for k in range(6)}
+
+    def load(item, slot):
+        buffers[slot] = item
+        loaded[item].set()
+        return slot
+
+    seen = []
+    for item, slot in prefetched(list(range(6)), load):
+        if item + 1 < 6:  # the next item is read while this one is being worked on ...
+            assert loaded[item + 1].wait(timeout=10)
+        assert buffers[slot] == item  # ... into the other buffer, so this one is intact
+        seen.append((item, slot))
+    assert seen == [(k, k % 2) for k in range(6)]
+
+
+def test_prefetched_raises_the_loaders_error_to_the_caller():
+    def load(item, slot):
+        if item == 2:
+            raise CheckpointError("shard.safetensors", "file ends inside tensor data", "w")
+        return item
+
+    got = []
+    with pytest.raises(CheckpointError, match="file ends inside tensor data"):
+        for item, _ in prefetched([0, 1, 2, 3], load):
+            got.append(item)
+    assert got == [0, 1]
