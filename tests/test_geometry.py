@@ -87,6 +87,22 @@ def test_weight_cosine_matches_direct():
     assert cosine[0, 1] < 1e-12 < l2[0, 1]
 
 
+def test_gram_keeps_near_duplicates_of_upcycled_experts():
+    """Experts copied from one dense FFN share a component 1e6 times their differences;
+    uncentred, |x_i|^2 + |x_j|^2 - 2 <x_i, x_j> would cancel to noise."""
+    from moetopo.geometry import CenteredGram
+
+    rng = np.random.default_rng(1)
+    rows = 100.0 * rng.standard_normal(3000) + 1e-4 * rng.standard_normal((6, 3000))
+    rows[1] = rows[0] + 1e-7 * rng.standard_normal(3000)
+    gram = CenteredGram(6)
+    for chunk in np.array_split(rows, 7, axis=1):
+        gram.add(chunk.copy())
+    l2, _ = gram.distances()
+    mask = ~np.eye(6, dtype=bool)
+    np.testing.assert_allclose(l2[mask], squareform(pdist(rows))[mask], rtol=1e-6)
+
+
 def test_function_distance_ignores_hidden_unit_order_weight_distance_does_not(tmp_path):
     tiny = random_model(n_layers=1, n_experts=4, seed=7)
     layer = tiny.layers[0]

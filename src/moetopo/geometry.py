@@ -29,6 +29,8 @@ SOURCES = (
 )
 # The sources that read every expert byte (the others need only routers and routing).
 EXPERT_WEIGHT_SOURCES = ("weight_l2", "weight_cosine", "function")
+# Each read-ahead buffer: larger ones only delay the first chunk and fault in more pages.
+_READ_AHEAD_BYTES = 32 << 20
 _GRAM_SLICE_BYTES = 2 << 20  # float64 columns added to the Gram at once: fits in L2 cache
 
 
@@ -71,9 +73,7 @@ class CenteredGram:
         self.dot_mean += chunk @ mean
         self.mean_sq += float(mean @ mean)
         chunk -= mean
-        # dgemm, not dsyrk: OpenBLAS's dsyrk is no faster here and runs at half speed when
-        # it follows other BLAS or numpy passes, as it does between chunks
-        self.centred += chunk @ chunk.T
+        self.centred += chunk @ chunk.T  # numpy runs A @ A.T as a BLAS syrk
 
     def distances(self) -> tuple[np.ndarray, np.ndarray]:
         """(Euclidean distance matrix, cosine distance matrix)."""
@@ -99,13 +99,13 @@ def weight_distances(
     """Exact L2 and cosine distances over each expert's concatenated gate/up/down weights.
 
     Chunks of rows of every expert are read as stored (BF16 stays two bytes) into two
-    reused buffers of half ``chunk_bytes``, the next while the Gram takes the current;
-    a chunk is widened to float64 a cache-sized slice of columns at a time, so the
+    reused buffers (at most half ``chunk_bytes`` each), the next while the Gram takes
+    the current; a chunk is widened to float64 a cache-sized slice of columns at a time, so the
     float64 copy never leaves the CPU cache.
     """
     n = moe.n_experts
     gram = CenteredGram(n)
-    half = max(1, chunk_bytes // 2)
+    half = max(1, min(chunk_bytes // 2, _READ_AHEAD_BYTES))
     chunks = []
     for role in sorted(moe.experts):
         tensor = moe.experts[role]
