@@ -22,7 +22,7 @@ import ml_dtypes
 import numpy as np
 
 from .io.prefetch import prefetched
-from .io.reader import TensorReader, read_exactly
+from .io.reader import TensorReader
 
 MEASURES = ("l1", "l2", "cosine")
 THRESHOLD_KINDS = ("absolute", "relative")
@@ -269,14 +269,12 @@ class _Rows:
         lt = self.reader.tensor(name)
         if not self._fast(name):
             return self._dequantised(name, lt.shape, start, stop)
-        cols, element, entry = lt.shape[-1], np.dtype(_FAST[lt.data.dtype]), lt.data
+        cols, element = lt.shape[-1], np.dtype(_FAST[lt.data.dtype])
         nbytes = (stop - start) * cols * element.itemsize
         if self.buffers[slot].size < nbytes:
             self.buffers[slot] = np.empty(max(nbytes, self.block_bytes), dtype=np.uint8)
         rows = self.buffers[slot][:nbytes].view(element).reshape(stop - start, cols)
-        path = self.reader.checkpoint.shard_path(entry.shard)
-        read_exactly(path, entry.begin + start * cols * element.itemsize, rows, name)
-        return rows
+        return self.reader.read_flat_rows_into(rows, name, start, stop)
 
     def _dequantised(self, name: str, shape: tuple[int, ...], start: int, stop: int):
         """Rows through TensorReader, split where they cross a leading index."""

@@ -3,8 +3,8 @@
 A logical tensor is what a model means by a weight: a plain tensor, an FP8 tensor
 with its ``*_scale_inv`` / ``*_scale`` companion, or an MXFP4 pair ``X_blocks`` +
 ``X_scales``. Reads take a fixed leading index (an expert of a fused tensor) and a
-row range, map exactly those bytes, convert, and unmap, so resident memory stays
-bounded by the slice asked for.
+row range and read exactly those bytes by positional read (which releases the GIL),
+so resident memory stays bounded by the slice asked for.
 """
 
 from __future__ import annotations
@@ -78,7 +78,6 @@ class TensorReader:
         qc = checkpoint.config.get("quantization_config") or {}
         block = qc.get("weight_block_size") if isinstance(qc, dict) else None
         self.fp8_block = tuple(block) if block else None
-        self._scratch = np.empty(0, dtype=np.uint8)
 
     def __contains__(self, name: str) -> bool:
         return name in self.logical
@@ -126,29 +125,32 @@ class TensorReader:
         self, out: np.ndarray, name: str, lead: tuple[int, ...] = (), rows=None
     ) -> np.ndarray:
         """:meth:`read` written into the C-contiguous ``out`` (its dtype; any shape of the
-        same size).
-
-        A plain tensor's bytes come by positional reads into a scratch buffer the reader
-        keeps (straight into ``out`` when the dtypes match) and are cast from there, so a
-        caller reusing ``out`` allocates and maps nothing per read. Not thread-safe: one
-        reader per thread."""
+        same size). When ``out`` has the :meth:`storage_dtype`, the stored bytes go straight
+        into it, so a caller reusing ``out`` allocates nothing per read."""
         lt = self.tensor(name)
-        if lt.kind != "plain":
+        if lt.kind != "plain" or out.dtype != self.storage_dtype(name):
             out[...] = self.read(name, lead, rows, dtype=out.dtype).reshape(out.shape)
             return out
         path, offset, count, _ = self._locate(lt.data, lead, rows)
-        element = ELEMENT_TYPES[lt.data.dtype].numpy
         if count != out.size:
             raise ValueError(f"{name}: reading {count} elements into an array of {out.size}")
-        if out.dtype == element:
-            read_exactly(path, offset, out, name)
-            return out
-        nbytes = count * element.itemsize
-        if self._scratch.size < nbytes:
-            self._scratch = np.empty(nbytes, dtype=np.uint8)
-        stored = self._scratch[:nbytes].view(element)
-        read_exactly(path, offset, stored, name)
-        np.copyto(out, stored.reshape(out.shape), casting="unsafe")
+        read_exactly(path, offset, out, name)
+        return out
+
+    def read_flat_rows_into(self, out: np.ndarray, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` over all but the last axis of a plain tensor (so a block
+        may cross a fused tensor's experts), as stored, into the C-contiguous ``out``."""
+        entry = self.tensor(name).data
+        cols = entry.shape[-1] if entry.shape else 1
+        n_rows = math.prod(entry.shape[:-1])
+        path = self.checkpoint.shard_path(entry.shard)
+        if not 0 <= start <= stop <= n_rows or out.size != (stop - start) * cols:
+            raise CheckpointError(
+                path, f"flat rows {start}:{stop} out of range for shape {list(entry.shape)}", name
+            )
+        read_exactly(
+            path, entry.begin + start * cols * ELEMENT_TYPES[entry.dtype].itemsize, out, name
+        )
         return out
 
     def _locate(self, entry: TensorEntry, lead, rows) -> tuple[Path, int, int, tuple]:
@@ -182,16 +184,10 @@ class TensorReader:
 
     def _raw(self, entry: TensorEntry, lead, rows, dtype=None) -> np.ndarray:
         path, offset, count, out_shape = self._locate(entry, lead, rows)
-        element = ELEMENT_TYPES[entry.dtype].numpy
-        target = element if dtype is None else np.dtype(dtype)
-        if count == 0:
-            return np.empty(out_shape, dtype=target)
-        mapped = np.memmap(path, dtype=element, mode="r", offset=offset, shape=(count,))
-        try:
-            values = np.array(mapped, dtype=target)
-        finally:
-            del mapped
-        return values.reshape(out_shape)
+        stored = np.empty(out_shape, dtype=ELEMENT_TYPES[entry.dtype].numpy)
+        if count:
+            read_exactly(path, offset, stored, entry.name)
+        return stored if dtype is None else stored.astype(dtype, copy=False)
 
     def _scale_fp8(self, lt: LogicalTensor, values, lead, rows) -> np.ndarray:
         scale_shape = lt.scale.shape
