@@ -56,11 +56,12 @@ def routing_tables(
     probe_x = normalised_embeddings(model, probe_ids)
     same_x = normalised_embeddings(model, token_ids) if token_ids is not None else None
     for layer in layers:
-        weight, bias, selection = gates[layer].weight, gates[layer].bias, gates[layer].selection
+        gate = gates[layer]  # one read of the layer's router, whatever holds the gates
+        weight, bias, selection = gate.weight, gate.bias, gate.selection
         rule = layer_rule(model, layer)
-        if gates[layer].nonfinite:
+        if gate.nonfinite:
             result.warnings.append(
-                f"layer {layer}: non-finite router rows {list(gates[layer].nonfinite)} "
+                f"layer {layer}: non-finite router rows {list(gate.nonfinite)} "
                 "were zeroed for routing"
             )
         probe = route(probe_x @ weight.T, rule, bias, selection)
