@@ -29,6 +29,14 @@ SOURCES = (
 )
 # The sources that read every expert byte (the others need only routers and routing).
 EXPERT_WEIGHT_SOURCES = ("weight_l2", "weight_cosine", "function")
+
+
+def cohomology_reads_expert_weights(merge_barriers: bool, sheaf_stalks: str) -> bool:
+    """Whether a cohomology job reads expert weights: one rule for the job and for the
+    workflow's resource requests (kept here, light to import, beside the sources')."""
+    return merge_barriers or sheaf_stalks == "weights"
+
+
 # Each read-ahead buffer: larger ones only delay the first chunk and fault in more pages.
 _READ_AHEAD_BYTES = 32 << 20
 _GRAM_SLICE_BYTES = 2 << 20  # float64 columns added to the Gram at once: fits in L2 cache
@@ -99,27 +107,28 @@ def weight_distances(
     """Exact L2 and cosine distances over each expert's concatenated gate/up/down weights.
 
     Chunks of rows of every expert are read as stored (BF16 stays two bytes) into two
-    reused buffers (at most half ``chunk_bytes`` each), the next while the Gram takes
-    the current; a chunk is widened to float64 a cache-sized slice of columns at a time, so the
-    float64 copy never leaves the CPU cache.
+    reused buffers of at most min(``chunk_bytes`` / 2, 32 MiB) each (more only when one
+    row of every expert is larger), the next while the Gram takes the current; a chunk
+    is widened to float64 a cache-sized slice of columns at a time, so the float64 copy
+    never leaves the CPU cache.
     """
     n = moe.n_experts
     gram = CenteredGram(n)
-    half = max(1, min(chunk_bytes // 2, _READ_AHEAD_BYTES))
-    chunks = []
+    target = max(1, min(chunk_bytes // 2, _READ_AHEAD_BYTES))
+    chunks, buffer_bytes = [], 1
     for role in sorted(moe.experts):
         tensor = moe.experts[role]
         stored = reader.storage_dtype(tensor.locate(0)[0])
         rows, cols = tensor.shape[0], int(np.prod(tensor.shape[1:]))
-        step = max(1, half // (stored.itemsize * n * cols))
-        half = max(half, n * step * cols * stored.itemsize)  # one expert row > the chunk
-        chunks += [(tensor, stored, r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
-    buffers = [np.empty(half, dtype=np.uint8) for _ in range(2)]
+        step = max(1, target // (stored.itemsize * n * cols))
+        buffer_bytes = max(buffer_bytes, n * min(step, rows) * cols * stored.itemsize)
+        chunks += [(tensor, stored, cols, r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
+    buffers = [np.empty(buffer_bytes, dtype=np.uint8) for _ in range(2)]
 
     def load(chunk, slot: int) -> np.ndarray:
-        tensor, stored, r0, r1 = chunk
-        size = n * (r1 - r0) * int(np.prod(tensor.shape[1:]))
-        block = buffers[slot][: size * stored.itemsize].view(stored).reshape(n, -1)
+        tensor, stored, cols, r0, r1 = chunk
+        block = buffers[slot][: n * (r1 - r0) * cols * stored.itemsize].view(stored)
+        block = block.reshape(n, -1)
         for e in range(n):
             name, lead, off = tensor.locate(e)
             reader.read_into(block[e], name, lead, (off + r0, off + r1))

@@ -2,7 +2,7 @@ import pandas as pd
 from snakemake.utils import validate
 
 from moetopo.artefacts import TOPOLOGY_ARTEFACTS
-from moetopo.geometry import EXPERT_WEIGHT_SOURCES
+from moetopo.geometry import EXPERT_WEIGHT_SOURCES, cohomology_reads_expert_weights
 from moetopo.pairsheet import PairSheet
 from moetopo.workflow import ModelSheet
 
@@ -73,7 +73,7 @@ def get_layer_cohomology(name):
 
 def get_cohomology_mb(wildcards):
     base = 1024 + 4 * get_router_mb(wildcards)
-    if not cohomology_reads_expert_weights():
+    if not cohomology_job_reads_expert_weights():
         return base
     expert = SHEET.expert_mb(wildcards.model, int(wildcards.layer))
     return base + 2 * config["geometry"]["chunk_mb"] + 8 * expert
@@ -93,7 +93,7 @@ def get_geometry_runtime(wildcards):
 
 
 def get_cohomology_runtime(wildcards):
-    if not cohomology_reads_expert_weights():
+    if not cohomology_job_reads_expert_weights():
         return 15
     return runtime_minutes(
         4 * SHEET.layer_mb(wildcards.model, int(wildcards.layer)), base=20
@@ -104,9 +104,11 @@ def reads_expert_weights():
     return bool(set(EXPERT_WEIGHT_SOURCES) & set(config["geometry"]["sources"]))
 
 
-def cohomology_reads_expert_weights():
+def cohomology_job_reads_expert_weights():
     cohomology = config["cohomology"]
-    return cohomology["merge_barriers"] or cohomology["sheaf_stalks"] == "weights"
+    return cohomology_reads_expert_weights(
+        cohomology["merge_barriers"], cohomology["sheaf_stalks"]
+    )
 
 
 def get_geometry_threads(wildcards):

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..experts import ExpertWeights, expert_output, merged, read_expert
+from ..geometry import cohomology_reads_expert_weights
 from ..model import OpenModel
 from ..probes import function_probe
 from ..topology.layer import LayerTopology, TopologyParams, layer_topology
@@ -37,7 +38,7 @@ class CohomologySettings:
 
     @property
     def reads_expert_weights(self) -> bool:
-        return self.merge_barriers or self.sheaf_stalks == "weights"
+        return cohomology_reads_expert_weights(self.merge_barriers, self.sheaf_stalks)
 
 
 class WeightMergeBarrier:
