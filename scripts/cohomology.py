@@ -50,14 +50,16 @@ def main(snakemake):
         for name, path in snakemake.input.items()
         if name not in ("inventory", "gates")
     }
-    tables["gates"] = load_gates(snakemake.input.gates, [layer])
+    router_gates = (  # read only when the stalks are router rows
+        load_gates(snakemake.input.gates, [layer]) if settings.sheaf_stalks == "router" else None
+    )
     result = layer_cohomology(
         model,
         layer,
         tables["distances"],
         coactivation=tables["coactivation"],
         routing=tables["routing"],
-        gates=tables["gates"],
+        gates=router_gates,
         clusters=tables["clusters"],
         params=params,
         settings=settings,

@@ -58,8 +58,8 @@ class Routers:
 class GateLayer:
     """One layer's router as later stages use it: weight [E, H], logit and selection biases.
 
-    Non-finite router values (flagged by the gates stage) are zeroed here, once, for every
-    stage that reads the router; ``nonfinite`` lists the experts whose rows had any.
+    Non-finite router weights are zeroed here, once, for every stage that reads the
+    router; ``nonfinite`` lists the experts whose weight rows had any.
     """
 
     weight: np.ndarray

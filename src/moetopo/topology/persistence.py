@@ -74,11 +74,12 @@ def vietoris_rips_diagrams(
     dgms = ripser.ripser(
         d, distance_matrix=True, maxdim=maxdim, coeff=check_coefficient(coeff), thresh=cap
     )["dgms"]
+    maximum = float(np.float32(off_diagonal(d).max())) if np.isfinite(cap) else None
     frames = []
     for dim, dgm in enumerate(dgms):
         dgm = np.asarray(dgm, dtype=np.float64).reshape(-1, 2)
-        if np.isfinite(cap):
-            dgm = close_at_maximum(dgm, float(np.float32(off_diagonal(d).max())), dim)
+        if maximum is not None:
+            dgm = close_at_maximum(dgm, maximum, dim)
         frames.append(pd.DataFrame({"dim": dim, "birth": dgm[:, 0], "death": dgm[:, 1]}))
     table = pd.concat(frames, ignore_index=True)
     table["dim"] = table["dim"].astype(np.int64)
