@@ -22,7 +22,7 @@ import ml_dtypes
 import numpy as np
 
 from .layouts import Spec, write_sparse
-from .measure import drop_page_cache_hint, in_fresh_process, peak_rss_mib
+from .measure import drop_page_cache_hint, fastest_of, in_fresh_process
 
 HIDDEN, INTER, EXPERTS, HEADS, KV_HEADS, VOCAB = 4096, 14336, 8, 32, 8, 32000
 
@@ -137,17 +137,19 @@ def ours(base_dir: str, tuned_dir: str, chunk_mb: int) -> int:
     check_pair(base, tuned, ("base", "tuned"))
     layers = list(range(base.layout.n_layers))
     diff = diff_layers(base, tuned, layers, RowMeasure(), chunk_mb << 20)
-    return int(scaffold_table(diff.attention, len(layers)).is_scaffold.sum())
+    found = int(scaffold_table(diff.attention, len(layers)).is_scaffold.sum())
+    if found != 1:
+        raise AssertionError(f"expected one scaffold layer (0), found {found}")
+    return found
 
 
-def timed(func, *args) -> tuple[float, float, object]:
-    """(seconds, peak RSS in MiB, result) of ``func(*args)``, imports excluded."""
+def timed(func, *args) -> float:
+    """Seconds of ``func(*args)``, imports excluded."""
     from ..stages import attention_diff, scaffold  # noqa: F401  (imported before the clock)
 
     start = time.perf_counter()
-    result = func(*args)
-    seconds = time.perf_counter() - start
-    return seconds, peak_rss_mib(), result
+    func(*args)
+    return time.perf_counter() - start
 
 
 def main(argv: list[str]) -> int:
@@ -170,25 +172,16 @@ def main(argv: list[str]) -> int:
             f"pair: {args.layers} Mixtral layers (BF16), {sizes[0]:.2f} + {sizes[1]:.2f} GB on "
             f"disk; the diff reads {total / 1e9:.2f} GB of both; chunk {args.chunk_mb} MiB"
         )
-        floor = in_fresh_process(timed, int, 0).result[1]
+        floor = in_fresh_process(timed, int, 0).peak_rss_mib
         jobs = (
-            ("plain read loop", plain_read, (ranges, (args.chunk_mb << 20) // 4)),
-            ("moetopo attention_diff", ours, (str(base), str(tuned), args.chunk_mb)),
+            ("plain read loop", timed, (plain_read, ranges, (args.chunk_mb << 20) // 4)),
+            ("moetopo attention_diff", timed, (ours, str(base), str(tuned), args.chunk_mb)),
         )
         for cache in ("cold", "warm"):
-            best: dict[str, tuple[float, float]] = {}
-            for r in range(args.repeat):  # alternating order: neither job always goes first
-                for label, func, fargs in jobs if r % 2 == 0 else jobs[::-1]:
-                    if cache == "cold":
-                        drop_page_cache_hint(files)
-                    seconds, peak, result = in_fresh_process(timed, func, *fargs).result
-                    if func is ours and result != 1:
-                        raise AssertionError(f"expected one scaffold layer (0), found {result}")
-                    previous = best.get(label, (float("inf"), 0.0))
-                    best[label] = (min(previous[0], seconds), max(previous[1], peak))
+            hint = (lambda: drop_page_cache_hint(files)) if cache == "cold" else None
+            best = fastest_of(jobs, args.repeat, before_each=hint)
             rates = []
-            for label, _, _ in jobs:
-                seconds, peak = best[label]
+            for label, (seconds, peak) in best.items():
                 rates.append(total / seconds / 1e9)
                 print(
                     f"{cache} {label:24s} {seconds:7.2f} s  {rates[-1]:6.2f} GB/s  "

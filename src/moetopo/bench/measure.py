@@ -63,3 +63,23 @@ def drop_page_cache_hint(paths) -> None:
                 os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         except OSError:
             pass
+
+
+def fastest_of(
+    jobs: list[tuple[str, Callable, tuple]],
+    repeat: int,
+    before_each: Callable[[], None] | None = None,
+) -> dict[str, tuple[float, float]]:
+    """label -> (fewest seconds, most peak RSS in MiB) over ``repeat`` rounds of the jobs,
+    each in a fresh process returning its own seconds. Rounds alternate the jobs' order,
+    so a noisy spell of a shared machine does not always fall on the same job."""
+    best: dict[str, tuple[float, float]] = {}
+    for r in range(repeat):
+        for label, func, args in jobs if r % 2 == 0 else jobs[::-1]:
+            if before_each is not None:
+                before_each()
+            m = in_fresh_process(func, *args)
+            seconds = m.result
+            previous = best.get(label, (float("inf"), 0.0))
+            best[label] = (min(previous[0], seconds), max(previous[1], m.peak_rss_mib))
+    return {label: best[label] for label, _, _ in jobs}
