@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import pickle
 import struct
+import subprocess
+import sys
 import threading
 
 import ml_dtypes
@@ -15,7 +17,8 @@ from moetopo.errors import CheckpointError, NoMoELayersError
 from moetopo.fixtures import random_model, write_checkpoint, write_family, write_safetensors
 from moetopo.fixtures.quantize import quantize_fp8_blocks, quantize_mxfp4
 from moetopo.io.checkpoint import checkpoint_from_entries, list_shards, open_checkpoint
-from moetopo.io.header import entries_from_columns, entry_columns
+from moetopo.io.dtypes import ELEMENT_TYPES
+from moetopo.io.header import ITEMSIZE, entries_from_columns, entry_columns
 from moetopo.io.prefetch import prefetched
 from moetopo.io.reader import TensorReader
 from moetopo.model import open_model
@@ -28,6 +31,27 @@ def reader_for(tmp_path, tensors, config=None, n_shards=1):
 
 
 # --- element types and dequantisation -------------------------------------------------
+
+
+def test_header_itemsizes_agree_with_the_numpy_element_types():
+    """The header's numpy-free size table and io.dtypes describe the same dtypes."""
+    assert set(ITEMSIZE) == set(ELEMENT_TYPES)
+    for name, size in ITEMSIZE.items():
+        assert ELEMENT_TYPES[name].numpy.itemsize == size, name
+
+
+def test_inspect_never_imports_numpy(tmp_path):
+    """Headers and layout are numpy-free, so ``moetopo inspect`` starts fast."""
+    write_family(random_model(), "deepseek_v3", tmp_path, dtype="F8_E4M3")
+    code = (
+        "import sys, moetopo.__main__ as cli; cli.main(['inspect', sys.argv[1]]); "
+        "print('numpy' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert "deepseek_v3" in out.stdout
+    assert out.stdout.split()[-1] == "False"
 
 
 def test_bf16_round_trips_exactly(tmp_path):

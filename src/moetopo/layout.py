@@ -19,7 +19,8 @@ from .families.moe_rules import config_value, predicted_moe_layers
 from .families.spec import EXPERT_ROLES, Template, skeleton
 from .families.structural import structural_spec
 from .io.checkpoint import Checkpoint
-from .io.reader import LogicalTensor, logical_tensors
+from .io.header import gc_paused
+from .io.logical import LogicalTensor, logical_tensors
 
 _ANY_LAYER = re.compile(r"(?:^|\.)(?:layers|blocks|block|blk|h)\.(\d+)\.")
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class ModelLayout:
         )
 
 
+@gc_paused()
 def build_layout(
     checkpoint: Checkpoint, family: str | None = None, include_embeddings: bool = True
 ) -> ModelLayout:
@@ -123,9 +125,8 @@ def build_layout(
     spec, detected_by = _family(config, logical, family, warnings, checkpoint)
     roles = {name: _classify(spec, name) for name in logical}
     stacks, offsets = _stacks(spec, config, roles)
-    roles = {n: _with_offset(r, offsets) for n, r in roles.items()}
     n_layers = sum(s["n_layers"] for s in stacks)
-    roles = {n: _mark_mtp(r, n_layers, spec) for n, r in roles.items()}
+    roles = _placed(roles, offsets, n_layers, single_stack=len(spec.stacks) == 1)
     unmatched = [
         n
         for n, r in roles.items()
@@ -210,20 +211,18 @@ def _inactive(spec: FamilySpec, name: str) -> bool:
 
 
 def _classify(spec: FamilySpec, name: str) -> TensorRole:
-    if _inactive(spec, name):
+    if spec.inactive_prefixes and name.startswith(spec.inactive_prefixes):
         return TensorRole(name, "other", None, None, None)
     candidate = name
-    for old, new in spec.prefixes:
-        if candidate.startswith(old):
-            candidate = new + candidate[len(old) :]
-            break
+    if name.startswith(spec.renamed_prefixes):
+        old, new = next(p for p in spec.prefixes if name.startswith(p[0]))
+        candidate = new + name[len(old) :]
     skel, numbers = skeleton(candidate)
     for template in spec.index.get(skel, ()):
         slots = template.match(numbers)
         if slots is None:
             continue
-        layer_slot = next((s for s in slots if s != "expert"), None)
-        layer = slots.get(layer_slot) if layer_slot else None
+        layer = slots.get(template.layer_slot)
         return TensorRole(name, template.role, layer, slots.get("expert"), template, template.mtp)
     found = _ANY_LAYER.search(name)
     return TensorRole(name, "other", int(found.group(1)) if found else None, None, None)
@@ -248,24 +247,29 @@ def _stacks(spec: FamilySpec, config: dict, roles) -> tuple[list[dict], dict[str
     return stacks, offsets
 
 
-def _with_offset(role: TensorRole, offsets: dict[str, int]) -> TensorRole:
-    if role.template is None or role.layer is None:
-        return role
-    slot = next((s for s in role.template.slots if s in offsets), None)
-    shift = offsets.get(slot, 0)
-    if not shift:
-        return role
-    return TensorRole(
-        role.name, role.role, role.layer + shift, role.expert, role.template, role.mtp
-    )
-
-
-def _mark_mtp(role: TensorRole, n_layers: int, spec: FamilySpec) -> TensorRole:
-    """Layers past the config's count are multi-token-prediction heads (DeepSeek-V3 layer 61)."""
-    beyond = role.layer is not None and role.layer >= n_layers and len(spec.stacks) == 1
-    if beyond or role.mtp:
-        return TensorRole(role.name, role.role, role.layer, role.expert, role.template, True)
-    return role
+def _placed(
+    roles: dict[str, TensorRole], offsets: dict[str, int], n_layers: int, single_stack: bool
+) -> dict[str, TensorRole]:
+    """Roles with layer ids shifted by their stack's offset (decoder layers after the
+    encoder's, ``mtp_layer`` blocks after the main stack), and layers past the config's
+    count marked multi-token prediction (DeepSeek-V3's layer 61)."""
+    shifts: dict[int, int] = {}  # id(template) -> offset of the stack its layer slot numbers
+    placed = {}
+    for name, role in roles.items():
+        layer = role.layer
+        if layer is not None:
+            template = role.template
+            if template is not None:
+                shift = shifts.get(id(template))
+                if shift is None:
+                    slot = next((s for s in template.slots if s in offsets), None)
+                    shift = shifts[id(template)] = offsets.get(slot, 0)
+                layer += shift
+            mtp = role.mtp or (single_stack and layer >= n_layers)
+            if layer != role.layer or mtp != role.mtp:
+                role = role._replace(layer=layer, mtp=mtp)
+        placed[name] = role
+    return placed
 
 
 def _moe_layers(spec, config, roles, logical, checkpoint, warnings) -> dict[int, MoELayer]:
@@ -413,12 +417,12 @@ def _check_placement(spec, config, stacks, moe, warnings) -> None:
 def _params(roles, logical, layers, spec, include_embeddings) -> dict[str, int]:
     total = mtp = inactive = embeddings = 0
     for name, r in roles.items():
-        n = logical[name].numel
+        n = math.prod(logical[name].shape)
         if r.mtp:
             mtp += n
             continue
         total += n
-        if _inactive(spec, name):
+        if spec.inactive_prefixes and name.startswith(spec.inactive_prefixes):
             inactive += n
         elif r.role in ("embed", "lm_head"):
             embeddings += n
@@ -441,8 +445,8 @@ def _params(roles, logical, layers, spec, include_embeddings) -> dict[str, int]:
 
 def _dtypes(checkpoint: Checkpoint) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for entry in checkpoint.tensors.values():
-        counts[entry.dtype] = counts.get(entry.dtype, 0) + entry.nbytes
+    for _, _, dtype, _, begin, end in checkpoint.tensors.values():
+        counts[dtype] = counts.get(dtype, 0) + end - begin
     return dict(sorted(counts.items()))
 
 

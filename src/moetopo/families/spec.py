@@ -14,7 +14,7 @@ import itertools
 import re
 import tomllib
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from typing import Any
 
@@ -69,7 +69,19 @@ class Template:
     part: str = "weight"  # "weight" | "bias"
     mtp: bool = False  # belongs to multi-token-prediction layers only
 
+    @cached_property
+    def distinct_slots(self) -> bool:
+        """Every digit run fills a slot of its own: matching is then a plain zip."""
+        return all(type(s) is str for s in self.slots) and len(set(self.slots)) == len(self.slots)
+
+    @cached_property
+    def layer_slot(self) -> str | None:
+        """The slot that numbers the layer (the first named slot other than ``expert``)."""
+        return next((s for s in self.slots if type(s) is str and s != "expert"), None)
+
     def match(self, numbers: list[str]) -> dict[str, int] | None:
+        if self.distinct_slots:
+            return dict(zip(self.slots, map(int, numbers), strict=True))
         found: dict[str, int] = {}
         for slot, text in zip(self.slots, numbers, strict=True):
             if slot.__class__ is int:
@@ -118,17 +130,18 @@ class FamilySpec:
     templates: tuple[Template, ...] = field(repr=False)
     attention: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def index(self) -> dict[str, list[Template]]:
-        return _index(self)
+        """Skeleton -> the templates with that skeleton."""
+        table: dict[str, list[Template]] = {}
+        for template in self.templates:
+            table.setdefault(template.skeleton, []).append(template)
+        return table
 
-
-@cache
-def _index(spec: FamilySpec) -> dict[str, list[Template]]:
-    table: dict[str, list[Template]] = {}
-    for template in spec.templates:
-        table.setdefault(template.skeleton, []).append(template)
-    return table
+    @cached_property
+    def renamed_prefixes(self) -> tuple[str, ...]:
+        """The prefixes that :attr:`prefixes` rewrites, for one ``startswith`` test."""
+        return tuple(old for old, _ in self.prefixes)
 
 
 def skeleton(name: str) -> tuple[str, list[str]]:

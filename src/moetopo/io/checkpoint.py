@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CheckpointError
-from .header import ShardHeader, TensorEntry, read_shard_header
+from .header import ShardHeader, TensorEntry, gc_paused, read_shard_header
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 CONVERT_HINT = (
@@ -104,6 +104,7 @@ def read_config(root: Path) -> dict:
     return config
 
 
+@gc_paused()
 def open_checkpoint(path: str | Path) -> Checkpoint:
     """List, parse and cross-check every shard header of the model at ``path``."""
     listing = list_shards(path)
@@ -141,6 +142,7 @@ def assemble_checkpoint(listing: ShardList, headers: dict[str, ShardHeader]) -> 
     )
 
 
+@gc_paused()
 def checkpoint_from_entries(
     listing: ShardList, entries: Iterable[TensorEntry], shards: dict[str, tuple[int, str]]
 ) -> Checkpoint:

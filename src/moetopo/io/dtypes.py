@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
+from .logical import MXFP4_BLOCK
+
 
 @dataclass(frozen=True)
 class ElementType:
@@ -51,14 +53,11 @@ ELEMENT_TYPES: dict[str, ElementType] = {
     )
 }
 
-FP8_TYPES = frozenset({"F8_E4M3", "F8_E5M2"})
-
 # FP4 E2M1 code points in nibble order (OCP Microscaling spec); low nibble first.
 _FP4_VALUES = np.array(
     [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0],
     dtype=np.float32,
 )
-MXFP4_BLOCK = 32  # values per shared E8M0 scale; 16 bytes of packed nibbles
 _E8M0_BIAS = 127
 
 

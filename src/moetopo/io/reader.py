@@ -12,60 +12,16 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from ..errors import CheckpointError
 from .checkpoint import Checkpoint
-from .dtypes import ELEMENT_TYPES, FP8_TYPES, MXFP4_BLOCK, apply_block_scales, dequantize_mxfp4
+from .dtypes import ELEMENT_TYPES, apply_block_scales, dequantize_mxfp4
 from .header import TensorEntry
+from .logical import LogicalTensor, logical_tensors
 
 DEFAULT_FP8_BLOCK = 128
-
-
-class LogicalTensor(NamedTuple):
-    """A weight as the model uses it, with the physical tensors that encode it."""
-
-    name: str
-    kind: str  # "plain" | "fp8" | "mxfp4"
-    data: TensorEntry
-    scale: TensorEntry | None
-    shape: tuple[int, ...]
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.data.nbytes + (self.scale.nbytes if self.scale else 0)
-
-
-def logical_tensors(tensors: dict[str, TensorEntry]) -> dict[str, LogicalTensor]:
-    """Fold scale companions and MXFP4 block/scale pairs into logical tensors."""
-    out: dict[str, LogicalTensor] = {}
-    companions: set[str] = set()
-    for name, entry in tensors.items():
-        dtype = entry.dtype
-        if dtype == "U8" and name.endswith("_blocks"):
-            stem = name[:-7]
-            scales = tensors.get(stem + "_scales")
-            if scales is not None:
-                shape = entry.shape[:-2] + (entry.shape[-2] * MXFP4_BLOCK,)
-                out[stem] = LogicalTensor(stem, "mxfp4", entry, scales, shape)
-                companions.add(scales.name)
-                continue
-        if dtype in FP8_TYPES:
-            scale = tensors.get(name + "_scale_inv") or tensors.get(name + "_scale")
-            if scale is not None:
-                companions.add(scale.name)
-            out[name] = LogicalTensor(name, "fp8", entry, scale, entry.shape)
-            continue
-        out[name] = LogicalTensor(name, "plain", entry, None, entry.shape)
-    for name in companions:
-        out.pop(name, None)
-    return out
 
 
 class TensorReader:

@@ -7,7 +7,13 @@ from pathlib import Path
 
 from ..inspect import model_summary
 from ..io.checkpoint import checkpoint_from_entries, list_shards
-from ..io.header import TensorEntry, entries_from_columns, entry_columns, read_shard_header
+from ..io.header import (
+    TensorEntry,
+    entries_from_columns,
+    entry_columns,
+    gc_paused,
+    read_shard_header,
+)
 from ..layout import ModelLayout, build_layout
 
 
@@ -19,6 +25,7 @@ def shard_rows(shard_path: str | Path) -> tuple[dict[str, list], dict]:
     return entry_columns(header.tensors.values()), meta
 
 
+@gc_paused()
 def merge_inventory(
     model_path: str | Path,
     frames: list[tuple[dict[str, list], dict]],
