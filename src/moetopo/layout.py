@@ -219,11 +219,9 @@ def _classify(spec: FamilySpec, name: str) -> TensorRole:
         candidate = new + name[len(old) :]
     skel, numbers = skeleton(candidate)
     for template in spec.index.get(skel, ()):
-        slots = template.match(numbers)
-        if slots is None:
-            continue
-        layer = slots.get(template.layer_slot)
-        return TensorRole(name, template.role, layer, slots.get("expert"), template, template.mtp)
+        place = template.place(numbers)
+        if place is not None:
+            return TensorRole(name, template.role, *place, template, template.mtp)
     found = _ANY_LAYER.search(name)
     return TensorRole(name, "other", int(found.group(1)) if found else None, None, None)
 
@@ -232,13 +230,13 @@ def _stacks(spec: FamilySpec, config: dict, roles) -> tuple[list[dict], dict[str
     """Layer counts and id offsets per stack (decoder layers numbered after the encoder's)."""
     stacks, offsets, start = [], {}, 0
     for stack in spec.stacks:
-        seen = [
-            r.layer
-            for r in roles.values()
-            if r.template is not None and stack.slot in r.template.slots and r.layer is not None
-        ]
         count = config_value(config, stack.n_layers)
-        if not isinstance(count, int):
+        if not isinstance(count, int):  # no count in config.json: the highest layer seen
+            seen = [
+                r.layer
+                for r in roles.values()
+                if r.template is not None and stack.slot in r.template.slots and r.layer is not None
+            ]
             count = max(seen) + 1 if seen else 0
         stacks.append({"name": stack.name, "first_layer": start, "n_layers": count})
         offsets[stack.slot] = start
@@ -302,6 +300,7 @@ def _moe_layers(spec, config, roles, logical, checkpoint, warnings) -> dict[int,
 
 def _fill_layer(moe: MoELayer, members, logical, checkpoint, warnings) -> None:
     per_expert: dict[tuple[str, str], dict[int, str]] = {}
+    templates: dict[tuple[str, str], Template] = {}  # (role, part) -> its per-expert template
     for r in members:
         t = r.template
         if r.role == "router_bias":
@@ -332,6 +331,7 @@ def _fill_layer(moe: MoELayer, members, logical, checkpoint, warnings) -> None:
                 )
             elif r.expert is not None:
                 per_expert.setdefault((r.role, t.part), {})[r.expert] = r.name
+                templates.setdefault((r.role, t.part), t)
     for (role, part), experts in per_expert.items():
         missing = sorted(set(range(moe.n_experts)) - set(experts))
         extra = sorted(set(experts) - set(range(moe.n_experts)))
@@ -347,14 +347,16 @@ def _fill_layer(moe: MoELayer, members, logical, checkpoint, warnings) -> None:
             raise CheckpointError(
                 checkpoint.root, f"layer {moe.layer}: {role} tensors differ in shape: {shapes}"
             )
-        template = next(r.template for r in members if r.name == names[0])
+        template = templates[role, part]
         target = moe.experts if part == "weight" else moe.expert_biases
         target[role] = ExpertTensor(
             role, names, None, False, template.orientation, template.packing, shapes.pop()
         )
     if not moe.experts:
         warnings.append(f"layer {moe.layer}: router found but no expert weights were recognised")
-    moe.expert_params = sum(logical[r.name].numel for r in members if r.role in EXPERT_ROLES)
+    moe.expert_params = sum(
+        math.prod(logical[r.name].shape) for r in members if r.role in EXPERT_ROLES
+    )
 
 
 def _orientation(role: str, shape: tuple[int, ...], hidden: int, declared: str) -> str:

@@ -70,18 +70,29 @@ class Template:
     mtp: bool = False  # belongs to multi-token-prediction layers only
 
     @cached_property
-    def distinct_slots(self) -> bool:
-        """Every digit run fills a slot of its own: matching is then a plain zip."""
-        return all(type(s) is str for s in self.slots) and len(set(self.slots)) == len(self.slots)
-
-    @cached_property
     def layer_slot(self) -> str | None:
         """The slot that numbers the layer (the first named slot other than ``expert``)."""
         return next((s for s in self.slots if type(s) is str and s != "expert"), None)
 
-    def match(self, numbers: list[str]) -> dict[str, int] | None:
-        if self.distinct_slots:
-            return dict(zip(self.slots, map(int, numbers), strict=True))
+    @cached_property
+    def _positions(self) -> tuple[int | None, int | None] | None:
+        """Indices of the layer and expert digit runs when every run fills a slot of its
+        own, so that placing a name needs no checks; None otherwise."""
+        if any(type(s) is not str for s in self.slots) or len(set(self.slots)) < len(self.slots):
+            return None
+        index = {slot: k for k, slot in enumerate(self.slots)}
+        return index.get(self.layer_slot), index.get("expert")
+
+    def place(self, numbers: list[str]) -> tuple[int | None, int | None] | None:
+        """(layer, expert) given by a name's digit runs, or None when the name does not fit
+        (a literal number differs, or a repeated slot disagrees)."""
+        positions = self._positions
+        if positions is not None:
+            layer_at, expert_at = positions
+            return (
+                None if layer_at is None else int(numbers[layer_at]),
+                None if expert_at is None else int(numbers[expert_at]),
+            )
         found: dict[str, int] = {}
         for slot, text in zip(self.slots, numbers, strict=True):
             if slot.__class__ is int:
@@ -89,7 +100,7 @@ class Template:
                     return None
             elif found.setdefault(slot, int(text)) != int(text):
                 return None
-        return found
+        return found.get(self.layer_slot), found.get("expert")
 
 
 @dataclass(frozen=True)
@@ -293,6 +304,6 @@ def match_family(config: dict, tensor_names) -> tuple[FamilySpec | None, str]:
         for tensor in names:
             skel, numbers = skeleton(tensor)
             t = table.get(skel)
-            if t is not None and t.match(numbers) is not None:
+            if t is not None and t.place(numbers) is not None:
                 return spec, f"tensor names like {tensor!r}"
     return None, "no family matched"

@@ -131,7 +131,7 @@ def assemble_checkpoint(listing: ShardList, headers: dict[str, ShardHeader]) -> 
     if len(tensors) != sum(len(h.tensors) for h in headers.values()):
         _raise_duplicate(listing, headers)
     if listing.weight_map is not None:
-        _check_index(listing, tensors)
+        _check_index(listing, headers, tensors)
     return Checkpoint(
         root=listing.root,
         shards=listing.shards,
@@ -190,8 +190,15 @@ def _raise_duplicate(listing: ShardList, headers: dict[str, ShardHeader]) -> Non
             seen[name] = shard
 
 
-def _check_index(listing: ShardList, tensors: dict[str, TensorEntry]) -> None:
+def _check_index(
+    listing: ShardList, headers: dict[str, ShardHeader], tensors: dict[str, TensorEntry]
+) -> None:
     weight_map = listing.weight_map
+    stored: dict[str, str] = {}
+    for shard, header in headers.items():
+        stored.update(dict.fromkeys(header.tensors, shard))
+    if stored == weight_map:  # compared in C; the loops below only explain a mismatch
+        return
     for name, shard in weight_map.items():
         entry = tensors.get(name)
         if entry is None or entry.shard != shard:
