@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from ..io.checkpoint import Checkpoint, list_shards, read_config
 from ..io.header import ENTRY_COLUMNS, entries_from_columns
+from ..io.prefetch import prefetched
 from ..io.reader import TensorReader
 from ..model import OpenModel
 
@@ -133,33 +134,45 @@ def gate_batches(routers: Routers, warnings: list[str]) -> Iterator[dict[str, np
     """Per MoE layer: rows (layer, expert, weight, bias, selection_bias, norm, finite).
 
     A router with NaN or Inf is kept, flagged per row and reported in ``warnings``,
-    so the analysis can continue on the layers and experts that are sound.
+    so the analysis can continue on the layers and experts that are sound. The next
+    layer's router is read while the caller writes this one.
     """
+    layers = routers.layers
+    for _, (batch, warning) in prefetched(layers, lambda item, _: _gate_batch(routers, *item)):
+        if warning:
+            warnings.append(warning)
+        yield batch
+
+
+def _gate_batch(
+    routers: Routers, layer: int, router: str, router_bias: str | None
+) -> tuple[dict[str, np.ndarray], str | None]:
     reader = routers.reader
-    for layer, router, router_bias in routers.layers:
-        weight = reader.read(router)
-        n_experts = weight.shape[0]
-        bias = np.full(n_experts, np.nan, dtype=np.float32)
-        selection = np.full(n_experts, np.nan, dtype=np.float32)
-        finite = np.isfinite(weight).all(axis=1)
-        if router_bias is not None:
-            values = reader.read(router_bias).reshape(-1)
-            (selection if routers.bias_kind == "selection" else bias)[:] = values
-            finite &= np.isfinite(values)
-        if not finite.all():
-            bad = np.flatnonzero(~finite).tolist()
-            warnings.append(
-                f"layer {layer}: router {router} has non-finite values (NaN/Inf) in experts "
-                f"{bad[:10]}{' ...' if len(bad) > 10 else ''}; they are flagged finite=false"
-            )
-        with np.errstate(invalid="ignore", over="ignore"):
-            norm = np.linalg.norm(weight, axis=1).astype(np.float64)
-        yield {
-            "layer": np.full(n_experts, layer),
-            "expert": np.arange(n_experts),
-            "weight": weight,
-            "bias": bias,  # NaN (stored as null) where the family has no logit bias
-            "selection_bias": selection,
-            "norm": norm,
-            "finite": finite,
-        }
+    weight = reader.read(router)
+    n_experts = weight.shape[0]
+    bias = np.full(n_experts, np.nan, dtype=np.float32)
+    selection = np.full(n_experts, np.nan, dtype=np.float32)
+    finite = np.isfinite(weight).all(axis=1)
+    if router_bias is not None:
+        values = reader.read(router_bias).reshape(-1)
+        (selection if routers.bias_kind == "selection" else bias)[:] = values
+        finite &= np.isfinite(values)
+    warning = None
+    if not finite.all():
+        bad = np.flatnonzero(~finite).tolist()
+        warning = (
+            f"layer {layer}: router {router} has non-finite values (NaN/Inf) in experts "
+            f"{bad[:10]}{' ...' if len(bad) > 10 else ''}; they are flagged finite=false"
+        )
+    with np.errstate(invalid="ignore", over="ignore"):
+        norm = np.linalg.norm(weight, axis=1).astype(np.float64)
+    batch = {
+        "layer": np.full(n_experts, layer),
+        "expert": np.arange(n_experts),
+        "weight": weight,
+        "bias": bias,  # NaN (stored as null) where the family has no logit bias
+        "selection_bias": selection,
+        "norm": norm,
+        "finite": finite,
+    }
+    return batch, warning
