@@ -161,6 +161,22 @@ def test_read_into_a_reused_buffer_equals_read(tmp_path):
     np.testing.assert_array_equal(stored.view(np.uint16), stacked[1, 2:6].view(np.uint16))
 
 
+def test_reads_as_stored_refuse_an_array_they_cannot_fill(tmp_path):
+    """A strided ``out`` would be filled through a copy, a float32 ``out`` with BF16's
+    bytes: both must be errors, never a silently wrong array."""
+    values = np.arange(48, dtype=np.float32).reshape(8, 6).astype(ml_dtypes.bfloat16)
+    reader = reader_for(tmp_path, {"w": values, "z": np.ones((2, 6), ml_dtypes.bfloat16)})
+    strided = np.zeros((6, 8), dtype=ml_dtypes.bfloat16)[:, :6]
+    with pytest.raises(ValueError, match="not C-contiguous"):
+        reader.read_into(strided, "w", rows=(0, 6))
+    with pytest.raises(ValueError, match="read as stored"):
+        reader.read_flat_rows_into(np.empty((8, 6), np.float32), "w", 0, 8)
+    with pytest.raises(ValueError, match="reading 48 elements into an array of 6"):
+        reader.read_flat_rows_into(np.empty(6, ml_dtypes.bfloat16), "w", 0, 8)
+    rows = reader.read_flat_rows_into(np.empty((3, 6), ml_dtypes.bfloat16), "w", 2, 5)
+    np.testing.assert_array_equal(rows.view(np.uint16), values[2:5].view(np.uint16))
+
+
 def test_read_into_a_shard_cut_short_after_opening_names_file_and_tensor(tmp_path):
     reader = reader_for(tmp_path, {"w": np.ones((64, 64), dtype=np.float32)})
     path = reader.checkpoint.shard_path(reader.tensor("w").data.shard)

@@ -1,8 +1,6 @@
-"""Byte-range reads of logical tensors, dequantised to float.
+"""Byte-range reads of logical tensors (:mod:`.logical`), dequantised to float.
 
-A logical tensor is what a model means by a weight: a plain tensor, an FP8 tensor
-with its ``*_scale_inv`` / ``*_scale`` companion, or an MXFP4 pair ``X_blocks`` +
-``X_scales``. Reads take a fixed leading index (an expert of a fused tensor) and a
+Reads take a fixed leading index (an expert of a fused tensor) and a
 row range and read exactly those bytes by positional read (which releases the GIL),
 so resident memory stays bounded by the slice asked for.
 """
@@ -83,31 +81,38 @@ class TensorReader:
         """:meth:`read` written into the C-contiguous ``out`` (its dtype; any shape of the
         same size). When ``out`` has the :meth:`storage_dtype`, the stored bytes go straight
         into it, so a caller reusing ``out`` allocates nothing per read."""
-        lt = self.tensor(name)
-        if lt.kind != "plain" or out.dtype != self.storage_dtype(name):
+        if not self._takes_stored_bytes(out, name):
             out[...] = self.read(name, lead, rows, dtype=out.dtype).reshape(out.shape)
             return out
-        path, offset, count, _ = self._locate(lt.data, lead, rows)
-        if count != out.size:
-            raise ValueError(f"{name}: reading {count} elements into an array of {out.size}")
+        path, offset, count, _ = self._locate(self.tensor(name).data, lead, rows)
+        _check_count(name, count, out)
         read_exactly(path, offset, out, name)
         return out
 
     def read_flat_rows_into(self, out: np.ndarray, name: str, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` over all but the last axis of a plain tensor (so a block
-        may cross a fused tensor's experts), as stored, into the C-contiguous ``out``."""
+        may cross a fused tensor's experts), as stored, into the C-contiguous ``out`` of
+        the :meth:`storage_dtype`."""
+        if not self._takes_stored_bytes(out, name):
+            raise ValueError(
+                f"{name}: flat rows are read as stored ({self.storage_dtype(name)}, plain "
+                f"tensors only), not into {out.dtype}"
+            )
         entry = self.tensor(name).data
         cols = entry.shape[-1] if entry.shape else 1
         n_rows = math.prod(entry.shape[:-1])
         path = self.checkpoint.shard_path(entry.shard)
-        if not 0 <= start <= stop <= n_rows or out.size != (stop - start) * cols:
+        if not 0 <= start <= stop <= n_rows:
             raise CheckpointError(
                 path, f"flat rows {start}:{stop} out of range for shape {list(entry.shape)}", name
             )
-        read_exactly(
-            path, entry.begin + start * cols * ELEMENT_TYPES[entry.dtype].itemsize, out, name
-        )
+        _check_count(name, (stop - start) * cols, out)
+        read_exactly(path, entry.begin + start * cols * out.itemsize, out, name)
         return out
+
+    def _takes_stored_bytes(self, out: np.ndarray, name: str) -> bool:
+        """Whether the stored bytes of ``name`` can go into ``out`` unconverted."""
+        return self.tensor(name).kind == "plain" and out.dtype == self.storage_dtype(name)
 
     def _locate(self, entry: TensorEntry, lead, rows) -> tuple[Path, int, int, tuple]:
         """(shard path, byte offset, element count, shape) of ``entry[lead..., r0:r1, ...]``."""
@@ -193,12 +198,19 @@ class TensorReader:
         )
 
 
+def _check_count(name: str, count: int, out: np.ndarray) -> None:
+    if count != out.size:
+        raise ValueError(f"{name}: reading {count} elements into an array of {out.size}")
+
+
 def read_exactly(path: Path, offset: int, out: np.ndarray, tensor: str | None = None) -> None:
     """Fill the C-contiguous ``out`` with the bytes of ``path`` from ``offset``.
 
     Positional reads release the GIL (a thread reading ahead does not stall the thread
     computing, as a populating mmap does) and copy into memory the caller reuses.
     """
+    if not out.flags.c_contiguous:  # reshape would copy, and the bytes land in the copy
+        raise ValueError(f"{tensor}: reading into an array that is not C-contiguous")
     view = memoryview(out.reshape(-1).view(np.uint8))
     fd = os.open(path, os.O_RDONLY)
     try:
