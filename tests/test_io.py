@@ -19,7 +19,7 @@ from moetopo.fixtures.quantize import quantize_fp8_blocks, quantize_mxfp4
 from moetopo.io.checkpoint import checkpoint_from_entries, list_shards, open_checkpoint
 from moetopo.io.dtypes import ELEMENT_TYPES
 from moetopo.io.header import ITEMSIZE, entries_from_columns, entry_columns
-from moetopo.io.prefetch import prefetched
+from moetopo.io.prefetch import SlotBuffers, prefetched
 from moetopo.io.reader import TensorReader
 from moetopo.model import open_model
 from moetopo.stages.gates import gate_rows, gates_from_rows
@@ -463,3 +463,15 @@ def test_prefetched_raises_the_loaders_error_to_the_caller():
         for item, _ in prefetched([0, 1, 2, 3], load):
             got.append(item)
     assert got == [0, 1]
+
+
+def test_slot_buffers_reuse_their_memory_and_keep_the_two_slots_apart():
+    buffers = SlotBuffers(min_bytes=64)
+    a = buffers.take(0, np.float32, (2, 3))
+    a[:] = 7
+    b = buffers.take(1, ml_dtypes.bfloat16, (4,))
+    assert a.shape == (2, 3) and b.dtype == ml_dtypes.bfloat16 and (a == 7).all()
+    again = buffers.take(0, np.uint8, (16,))  # smaller: same memory, no allocation
+    assert np.shares_memory(again, a) and not np.shares_memory(a, b)
+    grown = buffers.take(0, np.float64, (100,))
+    assert grown.shape == (100,) and not np.shares_memory(grown, a)

@@ -14,7 +14,7 @@ import numpy as np
 from scipy.spatial.distance import pdist, squareform
 
 from .experts import ExpertWeights, expert_output, read_expert
-from .io.prefetch import prefetched
+from .io.prefetch import SlotBuffers, prefetched
 from .io.reader import TensorReader
 from .layout import MoELayer
 
@@ -115,20 +115,18 @@ def weight_distances(
     n = moe.n_experts
     gram = CenteredGram(n)
     target = max(1, min(chunk_bytes // 2, _READ_AHEAD_BYTES))
-    chunks, buffer_bytes = [], 1
+    chunks = []
     for role in sorted(moe.experts):
         tensor = moe.experts[role]
         stored = reader.storage_dtype(tensor.locate(0)[0])
         rows, cols = tensor.shape[0], int(np.prod(tensor.shape[1:]))
         step = max(1, target // (stored.itemsize * n * cols))
-        buffer_bytes = max(buffer_bytes, n * min(step, rows) * cols * stored.itemsize)
         chunks += [(tensor, stored, cols, r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
-    buffers = [np.empty(buffer_bytes, dtype=np.uint8) for _ in range(2)]
+    buffers = SlotBuffers()
 
     def load(chunk, slot: int) -> np.ndarray:
         tensor, stored, cols, r0, r1 = chunk
-        block = buffers[slot][: n * (r1 - r0) * cols * stored.itemsize].view(stored)
-        block = block.reshape(n, -1)
+        block = buffers.take(slot, stored, (n, (r1 - r0) * cols))
         for e in range(n):
             name, lead, off = tensor.locate(e)
             reader.read_into(block[e], name, lead, (off + r0, off + r1))

@@ -18,15 +18,14 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
-from .io.prefetch import prefetched
+from .io.prefetch import SlotBuffers, prefetched
 from .io.reader import TensorReader
 
 MEASURES = ("l1", "l2", "cosine")
 THRESHOLD_KINDS = ("absolute", "relative")
-_FAST = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32}
+_FAST = frozenset({"BF16", "F16", "F32"})  # stored types compared as stored, widened to f32
 _SUB_ELEMENTS = 1 << 15  # per sub-block: three float32 work arrays stay in L2 cache
 
 
@@ -251,8 +250,7 @@ class _Rows:
 
     def __init__(self, reader: TensorReader, block_bytes: int):
         self.reader = reader
-        self.buffers = [np.empty(0, dtype=np.uint8) for _ in range(2)]
-        self.block_bytes = block_bytes
+        self.buffers = SlotBuffers(block_bytes)
 
     def _fast(self, name: str) -> bool:
         lt = self.reader.tensor(name)
@@ -261,7 +259,8 @@ class _Rows:
     def row_bytes(self, span: Span) -> int:
         lt = self.reader.tensor(span.tensor)
         cols = lt.shape[-1]
-        return cols * (np.dtype(_FAST[lt.data.dtype]).itemsize if self._fast(span.tensor) else 4)
+        fast = self._fast(span.tensor)
+        return cols * (self.reader.storage_dtype(span.tensor).itemsize if fast else 4)
 
     def read(self, name: str, start: int, stop: int, slot: int) -> np.ndarray:
         """Flat rows ``[start, stop)`` of ``name``: stored elements in buffer ``slot`` on
@@ -269,11 +268,8 @@ class _Rows:
         lt = self.reader.tensor(name)
         if not self._fast(name):
             return self._dequantised(name, lt.shape, start, stop)
-        cols, element = lt.shape[-1], np.dtype(_FAST[lt.data.dtype])
-        nbytes = (stop - start) * cols * element.itemsize
-        if self.buffers[slot].size < nbytes:
-            self.buffers[slot] = np.empty(max(nbytes, self.block_bytes), dtype=np.uint8)
-        rows = self.buffers[slot][:nbytes].view(element).reshape(stop - start, cols)
+        element = self.reader.storage_dtype(name)
+        rows = self.buffers.take(slot, element, (stop - start, lt.shape[-1]))
         return self.reader.read_flat_rows_into(rows, name, start, stop)
 
     def _dequantised(self, name: str, shape: tuple[int, ...], start: int, stop: int):
