@@ -18,25 +18,6 @@ from .io.prefetch import SlotBuffers, prefetched
 from .io.reader import TensorReader
 from .layout import MoELayer
 
-SOURCES = (
-    "router_l1",
-    "router_cosine",
-    "router_l2",
-    "weight_l2",
-    "weight_cosine",
-    "function",
-    "coactivation",
-)
-# The sources that read every expert byte (the others need only routers and routing).
-EXPERT_WEIGHT_SOURCES = ("weight_l2", "weight_cosine", "function")
-
-
-def cohomology_reads_expert_weights(merge_barriers: bool, sheaf_stalks: str) -> bool:
-    """Whether a cohomology job reads expert weights: one rule for the job and for the
-    workflow's resource requests (kept here, light to import, beside the sources')."""
-    return merge_barriers or sheaf_stalks == "weights"
-
-
 # Each read-ahead buffer: larger ones only delay the first chunk and fault in more pages.
 _READ_AHEAD_BYTES = 32 << 20
 _GRAM_SLICE_BYTES = 2 << 20  # float64 columns added to the Gram at once: fits in L2 cache

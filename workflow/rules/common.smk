@@ -2,7 +2,7 @@ import pandas as pd
 from snakemake.utils import validate
 
 from moetopo.artefacts import TOPOLOGY_ARTEFACTS
-from moetopo.geometry import EXPERT_WEIGHT_SOURCES, cohomology_reads_expert_weights
+from moetopo.sources import EXPERT_WEIGHT_SOURCES, cohomology_reads_expert_weights
 from moetopo.pairsheet import PairSheet
 from moetopo.workflow import ModelSheet
 
@@ -85,7 +85,7 @@ def runtime_minutes(mb_touched, base=5):
 
 
 def get_geometry_runtime(wildcards):
-    if not reads_expert_weights():
+    if not geometry_reads_expert_weights():
         return runtime_minutes(get_router_mb(wildcards), base=10)
     return runtime_minutes(
         3 * SHEET.layer_mb(wildcards.model, int(wildcards.layer)), base=15
@@ -100,7 +100,7 @@ def get_cohomology_runtime(wildcards):
     )
 
 
-def reads_expert_weights():
+def geometry_reads_expert_weights():
     return bool(set(EXPERT_WEIGHT_SOURCES) & set(config["geometry"]["sources"]))
 
 
@@ -112,12 +112,12 @@ def cohomology_job_reads_expert_weights():
 
 
 def get_geometry_threads(wildcards):
-    return 2 if reads_expert_weights() else 1
+    return 2 if geometry_reads_expert_weights() else 1
 
 
 def get_geometry_mb(wildcards):
     base = 512 + 4 * get_router_mb(wildcards)
-    if not reads_expert_weights():
+    if not geometry_reads_expert_weights():
         return base
     expert = SHEET.expert_mb(wildcards.model, int(wildcards.layer))
     return base + 3 * config["geometry"]["chunk_mb"] + 8 * expert

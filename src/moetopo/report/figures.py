@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from scipy.cluster.hierarchy import leaves_list, linkage
 from scipy.spatial.distance import squareform
 
-from ..geometry import SOURCES
+from ..sources import SOURCES
 from .data import ModelData
 
 DPI = 90

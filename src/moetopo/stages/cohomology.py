@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from ..experts import ExpertWeights, expert_output, merged, read_expert
-from ..geometry import cohomology_reads_expert_weights
 from ..model import OpenModel
 from ..probes import function_probe
+from ..sources import cohomology_reads_expert_weights
 from ..topology.layer import LayerTopology, TopologyParams, layer_topology
 from ..topology.sheaf import leading_input_directions
 from .clusters import distance_matrices

@@ -6,8 +6,6 @@ import numpy as np
 import pandas as pd
 
 from ..geometry import (
-    EXPERT_WEIGHT_SOURCES,
-    SOURCES,
     coactivation_distances,
     layer_function_distances,
     router_distances,
@@ -15,6 +13,7 @@ from ..geometry import (
 )
 from ..model import OpenModel
 from ..probes import function_probe
+from ..sources import EXPERT_WEIGHT_SOURCES, SOURCES
 from .gates import GateLayer
 
 
