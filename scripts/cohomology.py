@@ -2,7 +2,7 @@ from moetopo.artefacts import read_table, write_table
 from moetopo.model import open_model
 from moetopo.snake import run
 from moetopo.stages.cohomology import CohomologySettings, layer_cohomology, summary_rows
-from moetopo.stages.gates import load_gates
+from moetopo.stages.gates import LazyGates
 from moetopo.topology.layer import TopologyParams
 
 SORT = {
@@ -50,16 +50,13 @@ def main(snakemake):
         for name, path in snakemake.input.items()
         if name not in ("inventory", "gates")
     }
-    router_gates = (  # read only when the stalks are router rows
-        load_gates(snakemake.input.gates, [layer]) if settings.sheaf_stalks == "router" else None
-    )
     result = layer_cohomology(
         model,
         layer,
         tables["distances"],
         coactivation=tables["coactivation"],
         routing=tables["routing"],
-        gates=router_gates,
+        gates=LazyGates(snakemake.input.gates, [layer]),  # read only for router stalks
         clusters=tables["clusters"],
         params=params,
         settings=settings,

@@ -19,7 +19,7 @@ GPT_OSS_ALPHA = 1.702
 
 @dataclass
 class ExpertWeights:
-    """A routed (or shared) expert: ``gate`` is None for non-gated MLPs (Switch, NLLB)."""
+    """A routed expert: ``gate`` is None for non-gated MLPs (Switch, NLLB)."""
 
     up: np.ndarray
     down: np.ndarray

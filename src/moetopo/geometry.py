@@ -66,6 +66,8 @@ class CenteredGram:
 
     def distances(self) -> tuple[np.ndarray, np.ndarray]:
         """(Euclidean distance matrix, cosine distance matrix)."""
+        # numpy mirrors syrk's triangle, so this only matters if a gemm path ever left
+        # rounding asymmetry; O(E^2), it costs nothing beside the accumulation
         g = np.triu(self.centred) + np.triu(self.centred, 1).T
         diag = np.diag(g)
         sq = np.maximum(diag[:, None] + diag[None, :] - 2.0 * g, 0.0)

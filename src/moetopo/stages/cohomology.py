@@ -8,6 +8,7 @@ expert's leading input directions) and the merge barriers of HodgeCover.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,7 +127,7 @@ def layer_cohomology(
     *,
     coactivation: pd.DataFrame | None,
     routing: pd.DataFrame | None,
-    gates: dict[int, GateLayer] | None,
+    gates: Mapping[int, GateLayer] | None,
     clusters: pd.DataFrame | None,
     params: TopologyParams,
     settings: CohomologySettings,
@@ -155,7 +156,7 @@ def layer_cohomology(
         barrier = WeightMergeBarrier(
             lambda e: read_expert(model.reader, moe, e),
             *function_probe(model, settings.function_tokens, settings.seed),
-            settings.chunk_bytes,
+            cache_bytes=settings.chunk_bytes,
         )
     return layer_topology(
         layer,
