@@ -211,12 +211,13 @@ def _inactive(spec: FamilySpec, name: str) -> bool:
 
 
 def _classify(spec: FamilySpec, name: str) -> TensorRole:
-    if spec.inactive_prefixes and name.startswith(spec.inactive_prefixes):
+    if _inactive(spec, name):
         return TensorRole(name, "other", None, None, None)
     candidate = name
-    if name.startswith(spec.renamed_prefixes):
-        old, new = next(p for p in spec.prefixes if name.startswith(p[0]))
-        candidate = new + name[len(old) :]
+    for old, new in spec.prefixes:
+        if name.startswith(old):
+            candidate = new + name[len(old) :]
+            break
     skel, numbers = skeleton(candidate)
     for template in spec.index.get(skel, ()):
         place = template.place(numbers)
@@ -251,18 +252,12 @@ def _placed(
     """Roles with layer ids shifted by their stack's offset (decoder layers after the
     encoder's, ``mtp_layer`` blocks after the main stack), and layers past the config's
     count marked multi-token prediction (DeepSeek-V3's layer 61)."""
-    shifts: dict[int, int] = {}  # id(template) -> offset of the stack its layer slot numbers
     placed = {}
     for name, role in roles.items():
         layer = role.layer
         if layer is not None:
-            template = role.template
-            if template is not None:
-                shift = shifts.get(id(template))
-                if shift is None:
-                    slot = next((s for s in template.slots if s in offsets), None)
-                    shift = shifts[id(template)] = offsets.get(slot, 0)
-                layer += shift
+            if role.template is not None:
+                layer += offsets.get(role.template.layer_slot, 0)
             mtp = role.mtp or (single_stack and layer >= n_layers)
             if layer != role.layer or mtp != role.mtp:
                 role = role._replace(layer=layer, mtp=mtp)
@@ -354,9 +349,7 @@ def _fill_layer(moe: MoELayer, members, logical, checkpoint, warnings) -> None:
         )
     if not moe.experts:
         warnings.append(f"layer {moe.layer}: router found but no expert weights were recognised")
-    moe.expert_params = sum(
-        math.prod(logical[r.name].shape) for r in members if r.role in EXPERT_ROLES
-    )
+    moe.expert_params = sum(logical[r.name].numel for r in members if r.role in EXPERT_ROLES)
 
 
 def _orientation(role: str, shape: tuple[int, ...], hidden: int, declared: str) -> str:
@@ -419,12 +412,12 @@ def _check_placement(spec, config, stacks, moe, warnings) -> None:
 def _params(roles, logical, layers, spec, include_embeddings) -> dict[str, int]:
     total = mtp = inactive = embeddings = 0
     for name, r in roles.items():
-        n = math.prod(logical[name].shape)
+        n = logical[name].numel
         if r.mtp:
             mtp += n
             continue
         total += n
-        if spec.inactive_prefixes and name.startswith(spec.inactive_prefixes):
+        if _inactive(spec, name):
             inactive += n
         elif r.role in ("embed", "lm_head"):
             embeddings += n
@@ -447,8 +440,8 @@ def _params(roles, logical, layers, spec, include_embeddings) -> dict[str, int]:
 
 def _dtypes(checkpoint: Checkpoint) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for _, _, dtype, _, begin, end in checkpoint.tensors.values():
-        counts[dtype] = counts.get(dtype, 0) + end - begin
+    for entry in checkpoint.tensors.values():
+        counts[entry.dtype] = counts.get(entry.dtype, 0) + entry.nbytes
     return dict(sorted(counts.items()))
 
 

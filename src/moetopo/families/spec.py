@@ -149,11 +149,6 @@ class FamilySpec:
             table.setdefault(template.skeleton, []).append(template)
         return table
 
-    @cached_property
-    def renamed_prefixes(self) -> tuple[str, ...]:
-        """The prefixes that :attr:`prefixes` rewrites, for one ``startswith`` test."""
-        return tuple(old for old, _ in self.prefixes)
-
 
 def skeleton(name: str) -> tuple[str, list[str]]:
     """A tensor name with digit runs replaced by ``#``, and the digit runs."""
