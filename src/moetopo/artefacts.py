@@ -405,9 +405,12 @@ def _encodings(target: pa.Schema) -> dict:
     }
 
 
-def read_columns(path: str | Path) -> tuple[dict[str, list], dict]:
-    """An artefact as plain Python column lists (cheaper than pandas for row loops)."""
-    table, meta = _read(path)
+def read_columns(
+    path: str | Path, columns: Iterable[str] | None = None
+) -> tuple[dict[str, list], dict]:
+    """An artefact (or only ``columns`` of it) as plain Python column lists (cheaper
+    than pandas for row loops), and its moetopo metadata."""
+    table, meta = _read(path, columns)
     return table.to_pydict(), meta
 
 
@@ -423,10 +426,10 @@ def read_meta(path: str | Path) -> dict:
     return json.loads(raw)
 
 
-def _read(path: str | Path) -> tuple[pa.Table, dict]:
+def _read(path: str | Path, columns: Iterable[str] | None = None) -> tuple[pa.Table, dict]:
     parquet = pq.ParquetFile(path)
     raw = (parquet.metadata.metadata or {}).get(META_KEY, b"{}")
-    return parquet.read(), json.loads(raw)
+    return parquet.read(columns=None if columns is None else list(columns)), json.loads(raw)
 
 
 def gather_tables(paths: list[str | Path], output: str | Path) -> None:

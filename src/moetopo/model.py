@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
-from .artefacts import read_meta
+from .artefacts import read_columns
 from .io.checkpoint import Checkpoint, checkpoint_from_entries, list_shards, open_checkpoint
 from .io.header import ENTRY_COLUMNS, entries_from_columns
 from .io.reader import TensorReader
@@ -41,7 +39,7 @@ def open_model(
 
 def checkpoint_from_inventory(path: str | Path, inventory: str | Path) -> Checkpoint:
     """The verified checkpoint as the inventory recorded it (rows are all scale-inclusive)."""
-    table = pq.read_table(inventory, columns=list(ENTRY_COLUMNS))
-    shards = {s["name"]: (s["bytes"], s["digest"]) for s in read_meta(inventory)["shards"]}
-    entries = entries_from_columns(table.to_pydict())
+    columns, meta = read_columns(inventory, ENTRY_COLUMNS)
+    shards = {s["name"]: (s["bytes"], s["digest"]) for s in meta["shards"]}
+    entries = entries_from_columns(columns)
     return checkpoint_from_entries(list_shards(path), entries, shards)

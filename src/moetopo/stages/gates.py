@@ -59,8 +59,8 @@ class Routers:
 class GateLayer:
     """One layer's router as later stages use it: weight [E, H], logit and selection biases.
 
-    Non-finite router weights are zeroed here, once, for every stage that reads the
-    router; ``nonfinite`` lists the experts whose weight rows had any.
+    Non-finite router weights are zeroed once, by :func:`gates_from_rows`, for every
+    stage that reads the router; ``nonfinite`` lists the experts whose weight rows had any.
     """
 
     weight: np.ndarray
