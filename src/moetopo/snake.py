@@ -35,7 +35,10 @@ def run(snakemake, body: Callable) -> None:
 
 
 def peak_rss_mib() -> float:
-    """This process's high-water resident memory (VmHWM), to check mem_mb requests."""
+    """This process's high-water resident memory (VmHWM), to check mem_mb requests.
+
+    Not ``ru_maxrss``: that is carried across fork and exec, so a spawned benchmark
+    child would report its parent's peak."""
     try:
         with open("/proc/self/status") as status:
             for line in status:

@@ -15,12 +15,15 @@ import argparse
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 
+from ..model import open_model
+from ..rowdiff import RowMeasure
+from ..stages.attention_diff import check_pair, diff_layers, plan_diff
+from ..stages.scaffold import scaffold_table
 from .layouts import Spec, write_sparse
 from .measure import drop_page_cache_hint, fastest_of, in_fresh_process
 
@@ -72,7 +75,6 @@ def mixtral_tensors(n_layers: int) -> list[Spec]:
 def write_pair(base: Path, tuned: Path, n_layers: int) -> None:
     """The base with random bytes; the tuned copy with layer 0's q and o rows and half of
     expert 1's w1 rows moved (layer 0 is then the one scaffold layer)."""
-    from ..model import open_model
 
     write_sparse(base, mixtral_config(n_layers), mixtral_tensors(n_layers), 4)
     shutil.copytree(base, tuned)
@@ -94,8 +96,6 @@ def write_pair(base: Path, tuned: Path, n_layers: int) -> None:
 
 def byte_ranges(base_dir: str, tuned_dir: str) -> list[tuple[str, int, int]]:
     """(file, offset, bytes) of every row span the diff reads, in both models."""
-    from ..model import open_model
-    from ..stages.attention_diff import plan_diff
 
     base, tuned = open_model(base_dir), open_model(tuned_dir)
     plan = plan_diff(base, tuned, list(range(base.layout.n_layers)))
@@ -128,10 +128,6 @@ def plain_read(ranges: list[tuple[str, int, int]], block_bytes: int) -> int:
 
 def ours(base_dir: str, tuned_dir: str, chunk_mb: int) -> int:
     """The stage as its job runs it: open both, check the pair, diff every layer."""
-    from ..model import open_model
-    from ..rowdiff import RowMeasure
-    from ..stages.attention_diff import check_pair, diff_layers
-    from ..stages.scaffold import scaffold_table
 
     base, tuned = open_model(base_dir), open_model(tuned_dir)
     check_pair(base, tuned, ("base", "tuned"))
@@ -141,15 +137,6 @@ def ours(base_dir: str, tuned_dir: str, chunk_mb: int) -> int:
     if found != 1:
         raise AssertionError(f"expected one scaffold layer (0), found {found}")
     return found
-
-
-def timed(func, *args) -> float:
-    """Seconds of ``func(*args)``, imports excluded."""
-    from ..stages import attention_diff, scaffold  # noqa: F401  (imported before the clock)
-
-    start = time.perf_counter()
-    func(*args)
-    return time.perf_counter() - start
 
 
 def main(argv: list[str]) -> int:
@@ -172,16 +159,17 @@ def main(argv: list[str]) -> int:
             f"pair: {args.layers} Mixtral layers (BF16), {sizes[0]:.2f} + {sizes[1]:.2f} GB on "
             f"disk; the diff reads {total / 1e9:.2f} GB of both; chunk {args.chunk_mb} MiB"
         )
-        floor = in_fresh_process(timed, int, 0).peak_rss_mib
+        floor = in_fresh_process(plain_read, [], 1).peak_rss_mib
         jobs = (
-            ("plain read loop", timed, (plain_read, ranges, (args.chunk_mb << 20) // 4)),
-            ("moetopo attention_diff", timed, (ours, str(base), str(tuned), args.chunk_mb)),
+            ("plain read loop", plain_read, (ranges, (args.chunk_mb << 20) // 4)),
+            ("moetopo attention_diff", ours, (str(base), str(tuned), args.chunk_mb)),
         )
         for cache in ("cold", "warm"):
             hint = (lambda: drop_page_cache_hint(files)) if cache == "cold" else None
             best = fastest_of(jobs, args.repeat, before_each=hint)
             rates = []
-            for label, (seconds, peak) in best.items():
+            for label, m in best.items():
+                seconds, peak = m.seconds, m.peak_rss_mib
                 rates.append(total / seconds / 1e9)
                 print(
                     f"{cache} {label:24s} {seconds:7.2f} s  {rates[-1]:6.2f} GB/s  "

@@ -4,7 +4,7 @@ Compares, each in a fresh process and timed without its imports, (1) moetopo's
 inventory and gates stages end to end, as their Snakemake jobs run them, with (a) a
 tight loop that only parses every header and reads the router byte ranges, and (c)
 writing gates.parquet alone from router rows already in memory: the least any tool
-pays that keeps the artefact DESIGN.md specifies (list<float32> rows, zstd). Both
+pays that keeps the gates artefact's schema (list<float32> rows, zstd). Both
 cold (page cache dropped) and warm. On a smaller layout, (b) the naive approach that
 loads every shard whole.
 """
@@ -68,10 +68,6 @@ def ours(model_dir: str, out_dir: str) -> tuple[int, dict[str, float]]:
     return n_rows, phases
 
 
-def ours_seconds(model_dir: str, out_dir: str) -> float:
-    return sum(ours(model_dir, out_dir)[1].values())
-
-
 def gates_write_alone(model_dir: str, out_dir: str) -> float:
     """Seconds to write gates.parquet from router rows already read into memory."""
     warnings: list[str] = []
@@ -80,12 +76,6 @@ def gates_write_alone(model_dir: str, out_dir: str) -> float:
     with stream_table(Path(out_dir) / "gates-alone.parquet", "gates") as stream:
         for batch in batches:
             stream.write(batch)
-    return time.perf_counter() - start
-
-
-def tight_loop_seconds(model_dir: str) -> float:
-    start = time.perf_counter()
-    tight_loop(model_dir)
     return time.perf_counter() - start
 
 
@@ -140,25 +130,28 @@ def main(argv: list[str]) -> int:
         print(f"full layout: DeepSeek-V3, {shards} shards, {apparent:.0f} GiB apparent size")
         out = str(tmp / "out-full")
         jobs = [
-            ("moetopo inventory+gates", ours_seconds, (str(full), out)),
-            ("(a) tight loop: headers + router bytes", tight_loop_seconds, (str(full),)),
+            ("moetopo inventory+gates", ours, (str(full), out)),
+            ("(a) tight loop: headers + router bytes", tight_loop, (str(full),)),
             ("(c) gates.parquet write alone", gates_write_alone, (str(full), out)),
         ]
         shard_files = sorted(full.glob("*.safetensors"))
         for cache in ("cold", "warm"):
             hint = (lambda: drop_page_cache_hint(shard_files)) if cache == "cold" else None
             best = fastest_of(jobs, args.repeat, before_each=hint)
-            for label, (seconds, peak) in best.items():
-                print(f"{cache} {label:40s} {seconds:7.2f} s  peak RSS {peak:6.0f} MiB")
-            (ours_s, ours_rss), (tight_s, _), (write_s, _) = best.values()
+            for label, m in best.items():
+                print(f"{cache} {label:40s} {m.seconds:7.2f} s  peak RSS {m.peak_rss_mib:6.0f} MiB")
+            moetopo, tight, write = best.values()
             print(
-                f"{cache}: moetopo / (a) = {ours_s / tight_s:.1f}x (goal <= 2x); "
-                f"(c) / (a) = {write_s / tight_s:.1f}x; "
-                f"moetopo / ((a) + (c)) = {ours_s / (tight_s + write_s):.2f}x; "
-                f"peak RSS {ours_rss:.0f} MiB (goal < 1024)"
+                f"{cache}: moetopo / (a) = {moetopo.seconds / tight.seconds:.1f}x (goal <= 2x); "
+                f"(c) / (a) = {write.seconds / tight.seconds:.1f}x; moetopo / ((a) + (c)) = "
+                f"{moetopo.seconds / (tight.seconds + write.seconds):.2f}x; "
+                f"peak RSS {moetopo.peak_rss_mib:.0f} MiB (goal < 1024)"
             )
-        count, phases = in_fresh_process(ours, str(full), out).result
-        print(f"moetopo phases (warm, {count} router rows):")
+        count, phases = moetopo.result
+        print(
+            f"moetopo phases (fastest warm run; {count} router rows written, (a) read "
+            f"{tight.result}, the multi-token-prediction layer's included):"
+        )
         for phase, seconds in phases.items():
             print(f"    {phase:41s} {seconds:8.2f} s")
         small_ours = in_fresh_process(ours, str(small), str(tmp / "out-small"))

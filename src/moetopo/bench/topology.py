@@ -118,8 +118,12 @@ def naive_case(args: argparse.Namespace, n: int) -> dict:
 
 
 def run_naive(args: argparse.Namespace, n: int) -> dict | None:
-    """``naive`` in a spawned process; None when it does not finish within the timeout."""
-    measured = in_fresh_process(naive_case, args, n, timeout=args.naive_timeout)
+    """``naive`` in a spawned process; None when it does not finish within the timeout
+    or its process dies (out of memory below the --naive-max-gib estimate)."""
+    try:
+        measured = in_fresh_process(naive_case, args, n, timeout=args.naive_timeout)
+    except RuntimeError:
+        return None
     return None if measured is None else measured.result
 
 
