@@ -90,7 +90,8 @@ class RowTotals:
         )
 
     def summary(self, slot: int) -> dict:
-        """rows, shifted_rows, shifted_fraction, mean_shift, max_shift, relative_change."""
+        """rows, shifted_rows, shifted_fraction, mean_shift, max_shift, relative_change,
+        frobenius_base, frobenius_diff (artefacts.ROW_DIFF's columns)."""
         rows = int(self.rows[slot])
         diff, base = self.diff_sq[slot], self.base_sq[slot]
         relative = math.sqrt(diff / base) if base > 0 else (0.0 if diff == 0 else math.inf)

@@ -285,7 +285,7 @@ def conjecture_verdict(data: ReportData) -> list[str]:
     model_rows = rows[rows.level == "model"]
     layer_rows = rows[rows.level == "layer"]
     first = rows.iloc[0]
-    level = f"{100 * float(params.get('confidence_level', 0.95)):g}%"
+    level = f"{100 * confidence_level(params):g}%"
     direction = "higher" if params.get("higher_is_better", True) else "lower"
     lead = (
         f"Conjecture: {METRICS.get(first.metric, first.metric)} ({first.source} distances) "
@@ -306,12 +306,17 @@ def conjecture_verdict(data: ReportData) -> list[str]:
             + " ".join(statistic_sentence(r) for r in layer_rows.itertuples())
         )
     table = data.conjecture
-    alpha = 1.0 - float(params.get("confidence_level", 0.95))
+    alpha = 1.0 - confidence_level(params)
     out.append(
         f"All metrics and sources, model level: {tally(table[table.level == 'model'], alpha)}; "
         f"layer level: {tally(table[table.level == 'layer'], alpha)}."
     )
     return out
+
+
+def confidence_level(params: dict) -> float:
+    """The conjecture stage's confidence level (0.95 where it recorded none)."""
+    return float(params.get("confidence_level", 0.95))
 
 
 def sparse_metric(data: ReportData) -> str:
@@ -340,7 +345,7 @@ def conjecture_caveats(data: ReportData) -> list[str]:
     params = data.conjecture_params
     n_models = int(table.n_models.max()) if len(table) else 0
     tuned = sorted({p.tuned for p in data.pairs} & {m.name for m in data.models})
-    level = float(params.get("confidence_level", 0.95))
+    level = confidence_level(params)
     few = "; with so few, the intervals are wide and rule out little" if n_models < 30 else ""
     caveats = [
         f"{n_models} scored models (a verdict needs at least "
