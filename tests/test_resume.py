@@ -52,12 +52,13 @@ def test_killed_run_resumes_and_matches_a_clean_run(small_run, tmp_path):
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     deadline = time.time() + 300
-    # Wait until jobs past the inventory are finished and another one is under way.
+    # Wait until jobs past the inventory are finished and another one is under way (kill
+    # between two jobs and nothing is incomplete: the marker must be there at the kill).
     while time.time() < deadline and process.poll() is None:
         done = list((target / "results").glob("*/geometry/*.parquet"))
-        if done:
+        if done and incomplete_outputs(target):
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert process.poll() is None, "the run finished before it could be killed"
     os.killpg(process.pid, signal.SIGKILL)  # snakemake and the job it is running, at once
     process.wait()
