@@ -24,6 +24,7 @@ settings.register_profile("explore", deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "reproducible"))
 
 REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "workflow" / "Snakefile"
 SMALL_PAIR = ("mixtral-e8k2-h64-s0", "mixtral-e8k2-h64-s0-ft-prose")
 
 
@@ -32,7 +33,7 @@ def snakemake(
 ) -> subprocess.CompletedProcess:
     """Run the repository's workflow with ``workdir`` as its working directory."""
     command = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+        sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE),
         "--directory", str(workdir), *args,
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, **kwargs)
@@ -82,3 +83,14 @@ def artefacts(root: Path) -> dict[str, Path]:
         if path.suffix in (".parquet", ".json"):
             found[str(path.relative_to(root / "results"))] = path
     return found
+
+
+def gate_rows(model) -> tuple[dict, list[str]]:
+    """All gate rows of ``model`` in memory, as the gates stage would stream them."""
+    import numpy as np
+
+    from moetopo.stages.gates import Routers, gate_batches
+
+    warnings: list[str] = []
+    frames = list(gate_batches(Routers.of_model(model), warnings))
+    return {k: np.concatenate([f[k] for f in frames]) for k in frames[0]}, warnings

@@ -14,19 +14,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from moetopo.artefacts import read_table, write_table
+from moetopo.artefacts import gather_tables, read_table, write_table
+from moetopo.checkpoint.model import open_model
+from moetopo.diff.rows import RowMeasure, Span, row_changes
 from moetopo.errors import PairMismatchError
 from moetopo.fixtures import FAMILY_WRITERS, plant_groups, random_model, write_family
 from moetopo.fixtures.writer import write_checkpoint
 from moetopo.fixtures.writers.emit import Emitter
-from moetopo.geometry import pairs_table, router_distances
-from moetopo.model import open_model
-from moetopo.rowdiff import RowMeasure, Span, row_changes
-from moetopo.stages.attention_diff import check_pair, diff_layers, gather_pair
+from moetopo.geometry.distances import pairs_table, router_distances
+from moetopo.stages.attention_diff import check_pair, diff_layers
 from moetopo.stages.clusters import cluster_tables
 from moetopo.stages.crossref import crossref_table
 from moetopo.stages.pairs_summary import PairTables, pairs_summary
 from moetopo.stages.scaffold import scaffold_table
+
+from conftest import SNAKEFILE
 
 ROOT = Path(__file__).resolve().parents[1]
 # q and o moved in layers 1 and 3, k in 3 as well, only k in 2: the scaffold is {1}.
@@ -327,7 +329,7 @@ def test_threshold_absolute_or_relative_to_row_norm(tmp_path):
     )
 
 
-def test_tiny_chunks_and_layer_groups_give_the_same_tables(tmp_path):
+def test_tiny_chunks_and_per_layer_parts_give_the_same_tables(tmp_path):
     base = random_model(n_layers=4, seed=9)
     write_family(base, "dbrx", tmp_path / "b")
     write_family(planted(base), "dbrx", tmp_path / "t")
@@ -338,17 +340,17 @@ def test_tiny_chunks_and_layer_groups_give_the_same_tables(tmp_path):
     b, t = open_model(tmp_path / "b"), open_model(tmp_path / "t")
     pair = check_pair(b, t, ("b", "t"))
     paths = []
-    for g, layers in enumerate([[0, 1], [2, 3]]):
+    for layer in range(4):
+        layers = [layer]
         part = diff_layers(b, t, layers, RowMeasure())
-        paths.append(tmp_path / f"{g}.parquet")
+        paths.append(tmp_path / f"{layer}.parquet")
         write_table(
             part.attention,
             paths[-1],
             "attention_diff",
-            sort_by=["layer", "projection"],
             extra={"pair": pair.metadata(layers, part.not_compared)},
         )
-    gather_pair(paths, tmp_path / "all.parquet")
+    gather_tables(paths, tmp_path / "all.parquet")
     gathered, meta = read_table(tmp_path / "all.parquet")
     assert meta["pair"]["layers"] == [0, 1, 2, 3] and meta["pair"]["n_layers"] == 4
     expected = whole.attention.sort_values(["layer", "projection"], ignore_index=True)
@@ -375,18 +377,22 @@ def test_workflow_runs_a_pair_end_to_end(tmp_path):
     (tmp_path / "pairs.tsv").write_text("base\ttuned\nbase\ttuned\n")
     (tmp_path / "quick.yaml").write_text(
         f"models: {tmp_path / 'models.tsv'}\npairs: {tmp_path / 'pairs.tsv'}\n"
-        "geometry: {sources: [router_l1]}\nrouting: {probe_tokens: 64}\n"
-        "attention_diff: {layers_per_job: 2, threshold: 0.01}\n"
+        "geometry: {sources: [router_l1]}\nprobe: {routing_tokens: 64}\n"
+        "attention_diff: {threshold: 0.01}\n"
     )
     config = [str(ROOT / "config" / "config.yaml"), str(tmp_path / "quick.yaml")]
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE)]
     command += ["--directory", str(tmp_path), "--cores", "2", "--configfile", *config]
     done = subprocess.run(
         command, capture_output=True, text=True, env=os.environ | {"PYTHONPATH": ""}
     )
     assert done.returncode == 0, done.stderr[-3000:]
     pair = tmp_path / "results" / "pairs" / "base--tuned"
-    assert sorted(p.name for p in (pair / "attention_diff").iterdir()) == ["0.parquet", "1.parquet"]
+    assert sorted(p.name for p in (pair / "attention_diff").iterdir()) == [
+        "0.parquet",
+        "1.parquet",
+        "2.parquet",
+    ]
     scaffold, _ = read_table(pair / "scaffold.parquet")
     assert scaffold.is_scaffold.tolist() == [False, True, False]
     crossref, meta = read_table(pair / "crossref.parquet")

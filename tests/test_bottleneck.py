@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from moetopo.stages.bottleneck import bottleneck_rows
+from moetopo.stages.pair_bottleneck import bottleneck_rows
 
 
 def diagram(layer, source, dim, bars):

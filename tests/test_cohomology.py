@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from moetopo.experts import read_expert
+from moetopo.artefacts.views import gates_from_rows
+from moetopo.checkpoint.experts import read_expert
+from moetopo.checkpoint.model import open_model
 from moetopo.fixtures import random_model, write_family
-from moetopo.geometry import pairs_table
-from moetopo.model import open_model
+from moetopo.geometry.distances import pairs_table
 from moetopo.stages.cohomology import (
     CohomologySettings,
     WeightMergeBarrier,
@@ -18,10 +19,11 @@ from moetopo.stages.cohomology import (
     router_frames,
     summary_rows,
 )
-from moetopo.stages.gates import gate_rows, gates_from_rows
-from moetopo.stages.geometry import layer_distances
+from moetopo.stages.expert_geometry import layer_distances
 from moetopo.stages.routing import routing_tables
 from moetopo.topology.layer import TopologyParams
+
+from conftest import gate_rows
 
 TRIPLE = (5, 6, 7)
 

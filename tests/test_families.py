@@ -15,13 +15,14 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from moetopo.checkpoint.model import OpenModel, open_model
 from moetopo.errors import NoMoELayersError
 from moetopo.families import load_families
 from moetopo.families.spec import _check_unambiguous, compile_template
 from moetopo.fixtures import TinyModel, random_model, write_checkpoint
 from moetopo.fixtures.families import FAMILY_LAYOUTS, FAMILY_WRITERS, write_family
-from moetopo.model import OpenModel, open_model
-from moetopo.stages.gates import gate_rows
+
+from conftest import gate_rows
 
 ISSUE_FAMILIES = (
     "mixtral",
@@ -376,7 +377,7 @@ def test_unknown_family_is_detected_structurally(tmp_path, caplog):
             tensors[f"{a}sparse_ffn.experts.{x}.w2.weight"] = la.down[x]
     config = {"architectures": ["MadeUpMoEForCausalLM"], "hidden_size": 64, "top_k": 2}
     write_checkpoint(tmp_path, tensors, config)
-    with caplog.at_level(logging.WARNING, logger="moetopo.layout"):
+    with caplog.at_level(logging.WARNING, logger="moetopo.checkpoint.layout"):
         layout = open_model(tmp_path).layout
     assert layout.family == "structural"
     assert layout.moe_layers == [1, 2] and layout.n_experts == 8 and layout.top_k == 2

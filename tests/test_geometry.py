@@ -7,19 +7,21 @@ import pandas as pd
 import pytest
 from scipy.spatial.distance import pdist, squareform
 
-from moetopo.experts import read_expert
+from moetopo.artefacts.views import gates_from_rows
+from moetopo.checkpoint.experts import read_expert
+from moetopo.checkpoint.model import open_model
 from moetopo.fixtures import plant_groups, random_model, write_family
-from moetopo.geometry import (
+from moetopo.geometry.distances import (
     coactivation_distances,
     function_distances,
     pairs_table,
     weight_distances,
 )
-from moetopo.model import open_model
 from moetopo.stages.clusters import cluster_tables
-from moetopo.stages.gates import gate_rows, gates_from_rows
-from moetopo.stages.geometry import layer_distances
+from moetopo.stages.expert_geometry import layer_distances
 from moetopo.stages.routing import routing_tables
+
+from conftest import gate_rows
 
 
 def direct_l2(model, layer) -> np.ndarray:
@@ -76,7 +78,7 @@ def test_weight_cosine_matches_direct():
     rng = np.random.default_rng(0)
     rows = rng.standard_normal((5, 40))
     rows[1] = rows[0] * 3.0  # same direction: cosine distance 0, L2 distance large
-    from moetopo.geometry import CenteredGram
+    from moetopo.geometry.distances import CenteredGram
 
     gram = CenteredGram(5)
     gram.add(rows[:, :17].copy())  # add() centres its chunk in place
@@ -90,7 +92,7 @@ def test_weight_cosine_matches_direct():
 def test_gram_keeps_near_duplicates_of_upcycled_experts():
     """Experts copied from one dense FFN share a component 1e6 times their differences;
     uncentred, |x_i|^2 + |x_j|^2 - 2 <x_i, x_j> would cancel to noise."""
-    from moetopo.geometry import CenteredGram
+    from moetopo.geometry.distances import CenteredGram
 
     rng = np.random.default_rng(1)
     rows = 100.0 * rng.standard_normal(3000) + 1e-4 * rng.standard_normal((6, 3000))
@@ -123,7 +125,7 @@ def test_function_distance_ignores_hidden_unit_order_weight_distance_does_not(tm
 
 def test_function_distance_definition():
     """d = mean ||f_i - f_j||^2 / mean of the two mean squared norms, on a hand example."""
-    from moetopo.experts import ExpertWeights
+    from moetopo.checkpoint.experts import ExpertWeights
 
     eye = np.eye(2, dtype=np.float32)
     a = ExpertWeights(up=eye, down=eye)

@@ -13,16 +13,18 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from moetopo.artefacts.views import gates_from_rows
+from moetopo.checkpoint.dtypes import ELEMENT_TYPES
+from moetopo.checkpoint.header import ITEMSIZE, entries_from_columns, entry_columns
+from moetopo.checkpoint.model import open_model
+from moetopo.checkpoint.prefetch import SlotBuffers, prefetched
+from moetopo.checkpoint.reader import TensorReader
+from moetopo.checkpoint.shards import checkpoint_from_entries, list_shards, open_checkpoint
 from moetopo.errors import CheckpointError, NoMoELayersError
 from moetopo.fixtures import random_model, write_checkpoint, write_family, write_safetensors
 from moetopo.fixtures.quantize import quantize_fp8_blocks, quantize_mxfp4
-from moetopo.io.checkpoint import checkpoint_from_entries, list_shards, open_checkpoint
-from moetopo.io.dtypes import ELEMENT_TYPES
-from moetopo.io.header import ITEMSIZE, entries_from_columns, entry_columns
-from moetopo.io.prefetch import SlotBuffers, prefetched
-from moetopo.io.reader import TensorReader
-from moetopo.model import open_model
-from moetopo.stages.gates import gate_rows, gates_from_rows
+
+from conftest import gate_rows
 
 
 def reader_for(tmp_path, tensors, config=None, n_shards=1):
@@ -127,7 +129,7 @@ def test_mxfp4_matches_independent_reference(tmp_path):
 
 
 def test_fused_expert_slice_reads_only_that_experts_bytes(tmp_path, monkeypatch):
-    import moetopo.io.reader as reader_module
+    import moetopo.checkpoint.reader as reader_module
 
     stacked = np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7).astype(ml_dtypes.bfloat16)
     reader = reader_for(tmp_path, {"experts.gate_up_proj": stacked})

@@ -29,6 +29,8 @@ from moetopo.report.data import load_report, model_files, pair_files, study_file
 from moetopo.report.figures import choose_layers
 from moetopo.stages.conjecture import conjecture_rows, model_tables
 
+from conftest import SNAKEFILE
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ["router_l1", "coactivation"]
 SPECS = ["r0.25", "r0.5", "q0.1"]
@@ -232,7 +234,6 @@ def pair_tables(root: Path) -> None:
         scaffold,
         files["scaffold"],
         "scaffold",
-        sort_by=["layer"],
         extra=meta,
         params={"q_min": 0.5, "o_min": 0.5, "k_max": 0.5},
     )
@@ -240,9 +241,8 @@ def pair_tables(root: Path) -> None:
         crossref,
         files["crossref"],
         "crossref",
-        sort_by=["layer"],
         extra=meta,
-        params={"source": "router_l1", "threshold_spec": "r0.5", "threshold": 0.5},
+        params={"source": "router_l1", "threshold_spec": "r0.5", "min_redundancy": 0.5},
         warnings=["a planted crossref warning"],
     )
     write_table(
@@ -303,7 +303,6 @@ def write_artefacts(root: Path) -> None:
         study["conjecture"],
         "conjecture",
         params=params,
-        sort_by=["level", "metric", "source", "statistic"],
     )
     pair_tables(root)
 
@@ -605,8 +604,8 @@ def test_workflow_writes_the_report_and_snakemake_report_succeeds(tmp_path):
     (tmp_path / "pairs.tsv").write_text("base\ttuned\na\ta.ft\n")
     (tmp_path / "quick.yaml").write_text(
         f"models: {tmp_path / 'models.tsv'}\npairs: {tmp_path / 'pairs.tsv'}\n"
-        "geometry: {sources: [router_l1, coactivation]}\nrouting: {probe_tokens: 64}\n"
-        "conjecture: {n_resamples: 199, min_models: 3}\npairs_summary: {resamples: 199}\n"
+        "geometry: {sources: [router_l1, coactivation]}\nprobe: {routing_tokens: 64}\n"
+        "conjecture: {n_resamples: 199, min_models: 3}\npairs_summary: {n_resamples: 199}\n"
     )
     config = [str(ROOT / "config" / "config.yaml"), str(tmp_path / "quick.yaml")]
     command = [
@@ -614,7 +613,7 @@ def test_workflow_writes_the_report_and_snakemake_report_succeeds(tmp_path):
         "-m",
         "snakemake",
         "--snakefile",
-        str(ROOT / "Snakefile"),
+        str(SNAKEFILE),
         "--directory",
         str(tmp_path),
         "--configfile",

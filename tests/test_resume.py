@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, SMALL_PAIR, artefacts, demo_config, snakemake
+from conftest import SMALL_PAIR, SNAKEFILE, artefacts, demo_config, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -45,7 +45,7 @@ def same_artefact(a, b) -> bool:
 def test_killed_run_resumes_and_matches_a_clean_run(small_run, tmp_path):
     target = demo_config(tmp_path, SMALL_PAIR)
     command = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+        sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE),
         "--directory", str(target), "--cores", "2",
     ]  # fmt: skip
     process = subprocess.Popen(

@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from moetopo.artefacts.views import gates_from_rows
+from moetopo.checkpoint.model import open_model
+from moetopo.checkpoint.probes import first_norm, load_captured, normalised_embeddings, read_rows
 from moetopo.errors import MoetopoError
 from moetopo.fixtures import random_model, write_family
-from moetopo.model import open_model
-from moetopo.probes import first_norm, load_captured, normalised_embeddings, read_rows
-from moetopo.routing import RoutingRule, coactivation_counts, route
-from moetopo.stages.gates import gate_rows, gates_from_rows
+from moetopo.routing.rule import RoutingRule, coactivation_counts, route
 from moetopo.stages.routing import routing_tables
+
+from conftest import gate_rows
 
 LOGITS = np.array([[2.0, 1.0, 0.0, -1.0], [0.0, 3.0, 0.0, 2.9]])
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from moetopo.inspect import inspect_model
-from moetopo.routing import RoutingRule, route
+from moetopo.routing.rule import RoutingRule, route
 
 from conftest import REPO
 

@@ -57,6 +57,11 @@ def test_changing_a_parameter_reruns_its_stage_and_what_follows(small_run):
     assert not {"gates", "routing", "expert_geometry", "inventory"} & set(rerun)
 
 
+def test_changing_an_engineering_knob_reruns_nothing(small_run):
+    """streaming.chunk_mb bounds memory and changes no result, so it is no rule's param."""
+    assert planned_jobs(small_run, "--config", "streaming={chunk_mb: 64}") == {}
+
+
 def test_router_only_overlay_runs_every_stage(tmp_path):
     """config/router_only.yaml, the quick pass for huge checkpoints, on one small model."""
     target = demo_config(tmp_path, ("mixtral-e4k1-h48-s1",))

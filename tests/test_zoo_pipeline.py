@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from moetopo.artefacts.views import gates_from_rows
+from moetopo.checkpoint.model import open_model
 from moetopo.inspect import inspect_model
-from moetopo.model import open_model
-from moetopo.stages.gates import gate_rows, gates_from_rows
 from moetopo.stages.routing import routing_tables
 
-from conftest import REPO
+from conftest import REPO, gate_rows
 
 ZOO = REPO / "resources" / "zoo"
 MANIFEST = json.loads((ZOO / "manifest.json").read_text())

@@ -2,8 +2,8 @@
 
 
 def __getattr__(name: str):
-    """``__version__`` is looked up on first use: importlib.metadata costs ~40 ms, a
-    tenth of what ``moetopo inspect`` may take."""
+    """``__version__`` is looked up on first use: importlib.metadata is slow to import,
+    and ``moetopo inspect`` never needs it."""
     if name != "__version__":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from importlib.metadata import PackageNotFoundError, version

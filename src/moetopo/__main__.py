@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from .errors import MoetopoError
-from .inspect import describe, inspect_model
+from moetopo.errors import MoetopoError
+from moetopo.inspect import describe, inspect_model
 
 
 def main(argv: list[str] | None = None) -> int:

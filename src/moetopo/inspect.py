@@ -4,63 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .io.checkpoint import open_checkpoint
-from .layout import ModelLayout, _ranges, build_layout
+from moetopo.checkpoint.layout import build_layout, layer_ranges
+from moetopo.checkpoint.shards import open_checkpoint
+from moetopo.checkpoint.summary import model_summary
 
 
 def inspect_model(path: str | Path, family: str | None = None) -> dict:
     """model.json's content for ``path`` without running the pipeline."""
     checkpoint = open_checkpoint(path)
     return model_summary(checkpoint, build_layout(checkpoint, family=family))
-
-
-def model_summary(checkpoint, layout: ModelLayout) -> dict:
-    """model.json: what the model is, which layers are MoE, how many parameters a token uses."""
-    return {
-        "path": str(checkpoint.root),
-        "family": layout.family,
-        "detected_by": layout.detected_by,
-        "architecture": layout.architecture,
-        "n_layers": layout.n_layers,
-        "stacks": layout.stacks,
-        "moe_layers": layout.moe_layers,
-        "dense_layers": layout.dense_layers,
-        "mtp_layers": layout.mtp_layers,
-        "n_experts": layout.n_experts,
-        "top_k": layout.top_k,
-        "n_shared_experts": layout.n_shared_experts,
-        "hidden_size": layout.hidden_size,
-        "routing": layout.routing,
-        "activation": layout.activation,
-        **layout.params,
-        "dtypes": layout.dtypes,
-        "layers": {
-            str(layer): {
-                "n_experts": m.n_experts,
-                "top_k": m.top_k,
-                "router": m.router,
-                "router_bias": m.router_bias,
-                "expert_layout": {
-                    role: ("fused" if t.fused else "per_expert") + f":{t.orientation}"
-                    for role, t in sorted(m.experts.items())
-                },
-                "shared": sorted(m.shared),
-                "shared_router": m.shared_router,
-                "expert_params": m.expert_params,
-            }
-            for layer, m in sorted(layout.layers.items())
-        },
-        "shards": [
-            {
-                "name": s,
-                "bytes": checkpoint.headers[s].file_size,
-                "digest": checkpoint.headers[s].digest,
-            }
-            for s in checkpoint.shards
-        ],
-        "total_bytes": checkpoint.total_bytes,
-        "warnings": layout.warnings,
-    }
 
 
 def _count(n: int) -> str:
@@ -76,9 +28,9 @@ def describe(s: dict) -> str:
     lines = [
         f"model        {s['path']}",
         f"family       {s['family']} ({s['detected_by']}); architecture {s['architecture']}",
-        f"layers       {s['n_layers']}: MoE {_ranges(s['moe_layers'])}; "
-        f"dense {_ranges(s['dense_layers'])}"
-        + (f"; multi-token prediction {_ranges(s['mtp_layers'])}" if s["mtp_layers"] else ""),
+        f"layers       {s['n_layers']}: MoE {layer_ranges(s['moe_layers'])}; "
+        f"dense {layer_ranges(s['dense_layers'])}"
+        + (f"; multi-token prediction {layer_ranges(s['mtp_layers'])}" if s["mtp_layers"] else ""),
         f"experts      {s['n_experts']} routed, top-{s['top_k']}, "
         f"{s['n_shared_experts']} shared; hidden {s['hidden_size']}",
         f"routing      {routing['rule']}"

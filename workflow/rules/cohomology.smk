@@ -21,15 +21,15 @@ rule cohomology:
     resources:
         mem_mb=get_cohomology_mb,
         runtime=get_cohomology_runtime,
+        chunk_mb=CHUNK_MB,
     params:
         **config["cohomology"],
         path=get_model_path,
         family=lambda wc: SHEET.family(wc.model),
-        function_tokens=config["geometry"]["function_tokens"],
-        chunk_mb=config["geometry"]["chunk_mb"],
-        seed=config["routing"]["seed"],
+        function_tokens=config["probe"]["function_tokens"],
+        seed=config["probe"]["seed"],
     script:
-        "../../scripts/cohomology.py"
+        "../scripts/cohomology.py"
 
 
 rule gather_cohomology:
@@ -46,4 +46,4 @@ rule gather_cohomology:
         mem_mb=1024,
         runtime=10,
     script:
-        "../../scripts/gather.py"
+        "../scripts/gather.py"

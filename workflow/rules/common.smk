@@ -2,17 +2,25 @@ import pandas as pd
 from snakemake.utils import validate
 
 from moetopo.artefacts import TOPOLOGY_ARTEFACTS
-from moetopo.sources import EXPERT_WEIGHT_SOURCES, cohomology_reads_expert_weights
-from moetopo.pairsheet import PairSheet
-from moetopo.workflow import ModelSheet
+from moetopo.geometry.sources import (
+    EXPERT_WEIGHT_SOURCES,
+    cohomology_reads_expert_weights,
+)
+from moetopo.pipeline.config import check_config, result_params
+from moetopo.pipeline.pairs import PairSheet
+from moetopo.pipeline.models import ModelSheet
 
-validate(config, schema="../../config/schema/config.schema.yaml")
+validate(config, schema="../schemas/config.schema.yaml")
+check_config(config)
 
 models = pd.read_csv(config["models"], sep="\t", dtype=str, comment="#").fillna("")
-validate(models, schema="../../config/schema/models.schema.yaml")
+validate(models, schema="../schemas/models.schema.yaml")
 models = models.set_index("model", drop=False)
 
-SHEET = ModelSheet(models, workdir=workflow.basedir)
+SHEET = ModelSheet(models)
+# Bytes a streaming job holds at once: a resource, not a param, so changing it re-runs
+# nothing (it changes no result).
+CHUNK_MB = config["streaming"]["chunk_mb"]
 
 
 wildcard_constraints:
@@ -76,7 +84,7 @@ def get_cohomology_mb(wildcards):
     if not cohomology_job_reads_expert_weights():
         return base
     expert = SHEET.expert_mb(wildcards.model, int(wildcards.layer))
-    return base + 2 * config["geometry"]["chunk_mb"] + 8 * expert
+    return base + 2 * CHUNK_MB + 8 * expert
 
 
 def runtime_minutes(mb_touched, base=5):
@@ -120,7 +128,7 @@ def get_geometry_mb(wildcards):
     if not geometry_reads_expert_weights():
         return base
     expert = SHEET.expert_mb(wildcards.model, int(wildcards.layer))
-    return base + 3 * config["geometry"]["chunk_mb"] + 8 * expert
+    return base + 3 * CHUNK_MB + 8 * expert
 
 
 def get_final_outputs():
@@ -137,13 +145,12 @@ def get_final_outputs():
 
 # Base/tuned pairs for the attention diff (pairs.smk).
 pairs = pd.read_csv(config["pairs"], sep="\t", dtype=str, comment="#").fillna("")
-validate(pairs, schema="../../config/schema/pairs.schema.yaml")
-PAIRS = PairSheet(pairs, SHEET, config["attention_diff"]["layers_per_job"])
+validate(pairs, schema="../schemas/pairs.schema.yaml")
+PAIRS = PairSheet(pairs, SHEET)
 
 
 wildcard_constraints:
     pair="[A-Za-z0-9_.-]+--[A-Za-z0-9_.-]+",
-    group="[0-9]+",
 
 
 def get_pair_inventories(wildcards):
@@ -153,18 +160,20 @@ def get_pair_inventories(wildcards):
     }
 
 
-def get_pair_groups(wildcards, table):
-    return expand(
-        "results/pairs/{pair}/{table}/{group}.parquet",
-        pair=wildcards.pair,
-        table=table,
-        group=PAIRS.group_ids(wildcards.pair),
-    )
+def get_pair_layers(table):
+    def inputs(wildcards):
+        return expand(
+            "results/pairs/{pair}/{table}/{layer}.parquet",
+            pair=wildcards.pair,
+            table=table,
+            layer=PAIRS.layers(wildcards.pair),
+        )
+
+    return inputs
 
 
 def get_attention_diff_mb(wildcards):
-    chunk_mb = config["attention_diff"]["chunk_mb"]
-    return PAIRS.diff_mb(wildcards.pair, int(wildcards.group), chunk_mb)
+    return PAIRS.diff_mb(wildcards.pair, int(wildcards.layer), CHUNK_MB)
 
 
 def get_pair_outputs():

@@ -21,4 +21,4 @@ rule conjecture:
         models=SHEET.names,
         scores=[SHEET.score(m) for m in SHEET.names],
     script:
-        "../../scripts/conjecture.py"
+        "../scripts/conjecture.py"

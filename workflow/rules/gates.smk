@@ -15,4 +15,4 @@ rule gates:
     params:
         path=get_model_path,
     script:
-        "../../scripts/gates.py"
+        "../scripts/gates.py"

@@ -14,7 +14,7 @@ rule inventory_shard:
         mem_mb=512,
         runtime=5,
     script:
-        "../../scripts/inventory_shard.py"
+        "../scripts/inventory_shard.py"
 
 
 rule inventory:
@@ -36,4 +36,4 @@ rule inventory:
         family=lambda wc: SHEET.family(wc.model),
         include_embeddings=config["inventory"]["include_embeddings"],
     script:
-        "../../scripts/inventory.py"
+        "../scripts/inventory.py"

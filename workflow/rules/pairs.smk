@@ -2,16 +2,19 @@ rule attention_diff:
     input:
         unpack(get_pair_inventories),
     output:
-        attention="results/pairs/{pair}/attention_diff/{group}.parquet",
-        moe="results/pairs/{pair}/moe_diff/{group}.parquet",
+        attention="results/pairs/{pair}/attention_diff/{layer}.parquet",
+        moe="results/pairs/{pair}/moe_diff/{layer}.parquet",
     log:
-        "logs/pairs/{pair}/attention_diff/{group}.log",
+        "logs/pairs/{pair}/attention_diff/{layer}.log",
+    group:
+        "attention_diff"
     conda:
         "../envs/moetopo.yaml"
     threads: 2
     resources:
         mem_mb=get_attention_diff_mb,
         runtime=lambda wc: runtime_minutes(2 * get_attention_diff_mb(wc), base=10),
+        chunk_mb=CHUNK_MB,
     params:
         base=lambda wc: PAIRS.base(wc.pair),
         tuned=lambda wc: PAIRS.tuned(wc.pair),
@@ -19,24 +22,22 @@ rule attention_diff:
         tuned_path=lambda wc: SHEET.path(PAIRS.tuned(wc.pair)),
         base_family=lambda wc: SHEET.family(PAIRS.base(wc.pair)),
         tuned_family=lambda wc: SHEET.family(PAIRS.tuned(wc.pair)),
-        layers=lambda wc: PAIRS.layers(wc.pair, int(wc.group)),
         measure=config["attention_diff"]["measure"],
         threshold=config["attention_diff"]["threshold"],
         threshold_kind=config["attention_diff"]["threshold_kind"],
-        chunk_mb=config["attention_diff"]["chunk_mb"],
     script:
-        "../../scripts/attention_diff.py"
+        "../scripts/attention_diff.py"
 
 
-rule pair_diff_gather:
+rule gather_pair_diff:
     input:
-        attention=lambda wc: get_pair_groups(wc, "attention_diff"),
-        moe=lambda wc: get_pair_groups(wc, "moe_diff"),
+        attention=get_pair_layers("attention_diff"),
+        moe=get_pair_layers("moe_diff"),
     output:
         attention="results/pairs/{pair}/attention_diff.parquet",
         moe="results/pairs/{pair}/moe_diff.parquet",
     log:
-        "logs/pairs/{pair}/pair_diff_gather.log",
+        "logs/pairs/{pair}/gather_pair_diff.log",
     conda:
         "../envs/moetopo.yaml"
     threads: 1
@@ -44,7 +45,7 @@ rule pair_diff_gather:
         mem_mb=1024,
         runtime=10,
     script:
-        "../../scripts/pair_gather.py"
+        "../scripts/gather.py"
 
 
 rule scaffold:
@@ -65,7 +66,7 @@ rule scaffold:
         o_min=config["scaffold"]["o_min"],
         k_max=config["scaffold"]["k_max"],
     script:
-        "../../scripts/scaffold.py"
+        "../scripts/scaffold.py"
 
 
 rule crossref:
@@ -86,9 +87,9 @@ rule crossref:
     params:
         source=config["crossref"]["source"],
         threshold_spec=config["crossref"]["threshold_spec"],
-        threshold=config["crossref"]["threshold"],
+        min_redundancy=config["crossref"]["min_redundancy"],
     script:
-        "../../scripts/crossref.py"
+        "../scripts/crossref.py"
 
 
 rule pairs_summary:
@@ -108,21 +109,21 @@ rule pairs_summary:
     params:
         pairs=PAIRS.ids,
         depth_bins=config["pairs_summary"]["depth_bins"],
-        level=config["pairs_summary"]["level"],
-        resamples=config["pairs_summary"]["resamples"],
+        confidence_level=config["pairs_summary"]["confidence_level"],
+        n_resamples=config["pairs_summary"]["n_resamples"],
         seed=config["pairs_summary"]["seed"],
     script:
-        "../../scripts/pairs_summary.py"
+        "../scripts/pairs_summary.py"
 
 
-rule bottleneck:
+rule pair_bottleneck:
     input:
         base=lambda wc: f"results/{PAIRS.base(wc.pair)}/persistence.parquet",
         tuned=lambda wc: f"results/{PAIRS.tuned(wc.pair)}/persistence.parquet",
     output:
         "results/pairs/{pair}/bottleneck.parquet",
     log:
-        "logs/pairs/{pair}/bottleneck.log",
+        "logs/pairs/{pair}/pair_bottleneck.log",
     conda:
         "../envs/moetopo.yaml"
     threads: 1
@@ -130,4 +131,4 @@ rule bottleneck:
         mem_mb=1024,
         runtime=10,
     script:
-        "../../scripts/pair_bottleneck.py"
+        "../scripts/pair_bottleneck.py"

@@ -91,6 +91,6 @@ rule report:
         paths=[SHEET.path(m) for m in SHEET.names],
         bases=[PAIRS.base(p) for p in PAIRS.ids],
         tuned=[PAIRS.tuned(p) for p in PAIRS.ids],
-        config=config,
+        config=result_params(config),
     script:
-        "../../scripts/report.py"
+        "../scripts/report.py"

@@ -16,7 +16,7 @@ rule routing:
     params:
         path=get_model_path,
         family=lambda wc: SHEET.family(wc.model),
-        probe_tokens=config["routing"]["probe_tokens"],
-        seed=config["routing"]["seed"],
+        probe_tokens=config["probe"]["routing_tokens"],
+        seed=config["probe"]["seed"],
     script:
-        "../../scripts/routing.py"
+        "../scripts/routing.py"

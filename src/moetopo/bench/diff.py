@@ -20,12 +20,12 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from ..model import open_model
-from ..rowdiff import RowMeasure
-from ..stages.attention_diff import check_pair, diff_layers, plan_diff
-from ..stages.scaffold import scaffold_table
-from .layouts import Spec, write_sparse
-from .measure import drop_page_cache_hint, fastest_of, in_fresh_process
+from moetopo.bench.layouts import Spec, write_sparse
+from moetopo.bench.measure import drop_page_cache_hint, fastest_of, in_fresh_process
+from moetopo.checkpoint.model import open_model
+from moetopo.diff.rows import RowMeasure
+from moetopo.stages.attention_diff import check_pair, diff_layers, plan_diff
+from moetopo.stages.scaffold import scaffold_table
 
 HIDDEN, INTER, EXPERTS, HEADS, KV_HEADS, VOCAB = 4096, 14336, 8, 32, 8, 32000
 

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artefacts import read_columns, stream_table, write_json, write_table
-from ..io.checkpoint import list_shards
-from ..model import open_model
-from ..stages.gates import Routers, gate_batches
-from ..stages.inventory import merge_inventory, shard_rows
-from .layouts import deepseek_v3_config, deepseek_v3_tensors, write_sparse
-from .measure import drop_page_cache_hint, fastest_of, in_fresh_process
+from moetopo.artefacts import read_columns, stream_table, write_json, write_table
+from moetopo.bench.layouts import deepseek_v3_config, deepseek_v3_tensors, write_sparse
+from moetopo.bench.measure import drop_page_cache_hint, fastest_of, in_fresh_process
+from moetopo.checkpoint.model import open_model
+from moetopo.checkpoint.shards import list_shards
+from moetopo.stages.gates import Routers, gate_batches
+from moetopo.stages.inventory import merge_inventory
+from moetopo.stages.inventory_shard import shard_rows
 
 
 def ours(model_dir: str, out_dir: str) -> tuple[int, dict[str, float]]:
@@ -45,7 +46,7 @@ def ours(model_dir: str, out_dir: str) -> tuple[int, dict[str, float]]:
     for shard in list_shards(model_dir).shards:
         rows, meta = shard_rows(Path(model_dir) / shard)
         paths.append(out / "inventory" / f"{shard}.parquet")
-        write_table(rows, paths[-1], "shard_header", sort_by=["offset_begin"], extra=meta)
+        write_table(rows, paths[-1], "shard_header", extra=meta)
     lap("inventory_shard: parse + write 163 headers")
     inventory, summary, _ = merge_inventory(model_dir, [read_columns(p) for p in paths])
     lap("inventory merge: verify + classify")
@@ -53,7 +54,6 @@ def ours(model_dir: str, out_dir: str) -> tuple[int, dict[str, float]]:
         inventory,
         out / "inventory.parquet",
         "inventory",
-        sort_by=["tensor"],
         extra={"shards": summary["shards"]},
     )
     write_json(summary, out / "model.json")

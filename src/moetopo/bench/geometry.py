@@ -19,8 +19,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from .layouts import Spec, qwen3_moe_config, qwen3_moe_tensors, write_sparse
-from .measure import fastest_of, in_fresh_process
+from moetopo.bench.layouts import Spec, qwen3_moe_config, qwen3_moe_tensors, write_sparse
+from moetopo.bench.measure import fastest_of, in_fresh_process
 
 HIDDEN, INTER, EXPERTS = 2048, 768, 128
 
@@ -41,8 +41,8 @@ def qwen3_layer(n_experts: int) -> tuple[dict, list[Spec]]:
 def ours(model_dir: str, chunk_mb: int) -> float:
     """Seconds of the weight distances of the layer (reading, dequantising, Gram), timed
     like the matmul: imports and opening the model are outside the clock."""
-    from ..geometry import weight_distances
-    from ..model import open_model
+    from moetopo.checkpoint.model import open_model
+    from moetopo.geometry.distances import weight_distances
 
     model = open_model(model_dir)
     start = time.perf_counter()
@@ -66,9 +66,9 @@ def plain_matmul(n_experts: int, n_params: int, dtype: str) -> float:
 
 
 def function_time(model_dir: str, tokens: int) -> float:
-    from ..geometry import layer_function_distances
-    from ..model import open_model
-    from ..probes import function_probe
+    from moetopo.checkpoint.model import open_model
+    from moetopo.checkpoint.probes import function_probe
+    from moetopo.geometry.distances import layer_function_distances
 
     model = open_model(model_dir)
     x, activation, limit = function_probe(model, tokens, 0)

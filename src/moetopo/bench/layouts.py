@@ -15,7 +15,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from ..fixtures.writer import Hole, write_safetensors
+from moetopo.fixtures.writer import Hole, write_safetensors
 
 ROUTER = "router"
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from queue import Empty
 
-from ..snake import peak_rss_mib
+from moetopo.stages import peak_rss_mib
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .layouts import FULL_SCALE, write_full_scale
+from moetopo.bench.layouts import FULL_SCALE, write_full_scale
 
 REPO = Path(__file__).resolve().parents[3]
 ROUTER_ONLY = REPO / "config" / "router_only.yaml"
@@ -29,7 +29,7 @@ ROUTER_ONLY = REPO / "config" / "router_only.yaml"
 def snakemake(workdir: Path, *args: str) -> tuple[float, str]:
     start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
          "--directory", str(workdir), *args, "--configfile", "config/config.yaml",
          str(ROUTER_ONLY)],
         capture_output=True,

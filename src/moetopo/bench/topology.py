@@ -18,13 +18,12 @@ import time
 import numpy as np
 from scipy.spatial.distance import pdist, squareform
 
+from moetopo.bench.measure import in_fresh_process
 from moetopo.topology.complex import epsilon_at_quantile, rips_complex
 from moetopo.topology.hodgecover import hodgecover_ranking
 from moetopo.topology.layer import TopologyParams, layer_topology
 from moetopo.topology.persistence import vietoris_rips_diagrams
 from moetopo.topology.sheaf import leading_input_directions, procrustes_maps
-
-from .measure import in_fresh_process
 
 
 def synthetic_layer(n: int, dim: int, seed: int, shape: str = "gaussian") -> dict:

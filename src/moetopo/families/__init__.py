@@ -1,5 +1,5 @@
 """Model families as declarative data: one TOML spec per family, shipped with the package."""
 
-from .spec import FamilySpec, load_families, match_family
+from moetopo.families.spec import FamilySpec, load_families, match_family
 
 __all__ = ["FamilySpec", "load_families", "match_family"]

@@ -39,7 +39,8 @@ def _lookup(scope: dict, key: str):
     return value
 
 
-def _int(config, keys, default=None):
+def config_int(config: dict, keys: list[str] | None, default: int | None = None) -> int | None:
+    """:func:`config_value` when it is an integer (a bool is not), else ``default``."""
     value = config_value(config, keys or [])
     return value if isinstance(value, int) and not isinstance(value, bool) else default
 
@@ -49,15 +50,15 @@ def _all(n, config, keys):
 
 
 def _first_k_dense(n, config, keys):
-    first = _int(config, keys.get("first_k"))
+    first = config_int(config, keys.get("first_k"))
     if first is None:
         return None
-    freq = _int(config, keys.get("freq"), 1) or 1
+    freq = config_int(config, keys.get("freq"), 1) or 1
     return [i for i in range(n) if i >= first and i % freq == 0]
 
 
 def _sparse_step(n, config, keys):
-    step = _int(config, keys.get("step"), 1)
+    step = config_int(config, keys.get("step"), 1)
     skip = set(config_value(config, keys.get("skip", [])) or [])
     if not step:
         return []
@@ -68,30 +69,30 @@ def _interleave(n, config, keys):
     listed = config_value(config, keys.get("list", []))
     if isinstance(listed, list):
         return [i for i in listed if isinstance(i, int)]
-    step = _int(config, keys.get("step"))
+    step = config_int(config, keys.get("step"))
     if not step:
         return None
     return list(range(step - 1, n, step))
 
 
 def _period_offset(n, config, keys):
-    period = _int(config, keys.get("period"))
-    offset = _int(config, keys.get("offset"), 0)
+    period = config_int(config, keys.get("period"))
+    offset = config_int(config, keys.get("offset"), 0)
     if not period:
         return None
     return [i for i in range(n) if i % period == offset]
 
 
 def _start_end_interval(n, config, keys):
-    start = _int(config, keys.get("start"), 0)
-    end = _int(config, keys.get("end"), n - 1)
+    start = config_int(config, keys.get("start"), 0)
+    end = config_int(config, keys.get("end"), n - 1)
     end = end + n if end < 0 else end  # Ernie-4.5: moe_layer_end_index = -1 means the last layer
-    interval = _int(config, keys.get("interval"), 1) or 1
+    interval = config_int(config, keys.get("interval"), 1) or 1
     return [i for i in range(n) if (i + 1) % interval == 0 and start <= i <= end]
 
 
 def _dense_first(n, config, keys):
-    count = _int(config, keys.get("count"))
+    count = config_int(config, keys.get("count"))
     return None if count is None else list(range(count, n))
 
 
@@ -100,9 +101,9 @@ def _switch_step(n, config, keys):
 
     Configs that omit the step give the sparse-layer count it is derived from.
     """
-    step = _int(config, keys.get("step"))
+    step = config_int(config, keys.get("step"))
     if step is None:
-        sparse = _int(config, keys.get("sparse"))
+        sparse = config_int(config, keys.get("sparse"))
         if sparse is None:
             return None
         step = n // sparse if sparse > 0 else n
@@ -110,7 +111,7 @@ def _switch_step(n, config, keys):
 
 
 def _nllb_step(n, config, keys):
-    step = _int(config, keys.get("step"))
+    step = config_int(config, keys.get("step"))
     if step is None:
         return None
     return [i for i in range(n) if step > 0 and (i + 1) % step == 0]

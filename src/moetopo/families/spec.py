@@ -47,7 +47,6 @@ ROLES = (
 EXPERT_ROLES = ("expert_gate", "expert_up", "expert_gate_up", "expert_down")
 # ``mtp_layer`` numbers multi-token-prediction blocks kept apart from the main stack
 # (Qwen3-Next ``mtp.layers.N``); their ids follow the last main layer.
-LAYER_SLOTS = ("layer", "encoder_layer", "decoder_layer", "mtp_layer")
 _PLACEHOLDER = re.compile(r"\{(layer|encoder_layer|decoder_layer|mtp_layer|expert)\}")
 _ALTERNATIVES = re.compile(r"\{([^{}]*,[^{}]*)\}")
 _DIGITS = re.compile(r"\d+")

@@ -12,8 +12,8 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import replace
 
-from .moe_rules import config_value
-from .spec import FamilySpec, MoERule, Stack, _build, compile_template, skeleton
+from moetopo.families.moe_rules import config_value
+from moetopo.families.spec import FamilySpec, MoERule, Stack, _build, compile_template, skeleton
 
 _LAYER_RUN = re.compile(r"(?:^|\.)(?:layers|blocks|block|blk|h)\.(\d+)\.")
 HIDDEN_KEYS = ["hidden_size", "d_model", "n_embd", "dim", "model_dim"]

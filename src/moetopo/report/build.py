@@ -9,17 +9,22 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .. import __version__
-from . import fmt
-from .conjecture import conjecture_blocks
-from .data import ReportData
-from .doc import Block, Bullets, Details, Figure, Heading, Para, Table
-from .findings import conjecture_caveats, conjecture_verdict, model_findings, pair_findings
-from .html import render_html
-from .markdown import render_markdown
-from .models import models_blocks
-from .pairs import pairs_blocks
-from .provenance import provenance_blocks
+from moetopo import __version__
+from moetopo.report import fmt
+from moetopo.report.conjecture import conjecture_blocks
+from moetopo.report.data import ReportData
+from moetopo.report.doc import Block, Bullets, Details, Figure, Heading, Para, Table
+from moetopo.report.findings import (
+    conjecture_caveats,
+    conjecture_verdict,
+    model_findings,
+    pair_findings,
+)
+from moetopo.report.html import render_html
+from moetopo.report.markdown import render_markdown
+from moetopo.report.models import models_blocks
+from moetopo.report.pairs import pairs_blocks
+from moetopo.report.provenance import provenance_blocks
 
 FIGURE_KINDS = ("conjecture", "redundancy", "distances", "persistence", "hodge", "sheaf")
 FIGURE_KINDS += ("scaffold", "change")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from . import fmt, study_figures
-from .data import ReportData
-from .doc import Block, Figure, Heading, Para, Table
-from .findings import METRICS, STATISTICS, conjecture_verdict, primary_rows
+from moetopo.report import fmt, study_figures
+from moetopo.report.data import ReportData
+from moetopo.report.doc import Block, Figure, Heading, Para, Table
+from moetopo.report.findings import METRICS, STATISTICS, conjecture_verdict, primary_rows
 
 
 def tests_table(table: pd.DataFrame, level: str) -> Table:

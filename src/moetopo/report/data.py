@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..artefacts import read_table
+from moetopo.artefacts import read_table
 
 MODEL_TABLES = (
     "redundancy",

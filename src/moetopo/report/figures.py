@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 from scipy.cluster.hierarchy import leaves_list, linkage
 from scipy.spatial.distance import squareform
 
-from ..sources import SOURCES
-from .data import ModelData
+from moetopo.geometry.sources import SOURCES
+from moetopo.report.data import ModelData
 
 DPI = 90
 PANEL = (3.0, 2.4)  # inches per small-multiple panel

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from . import fmt
-from .data import ModelData, PairData, ReportData
+from moetopo.report import fmt
+from moetopo.report.data import ModelData, PairData, ReportData
 
 STATISTICS = {
     "pearson": "Pearson r",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from .doc import Block, Bullets, Details, Figure, Heading, Para, Pre, Table
+from moetopo.report.doc import Block, Bullets, Details, Figure, Heading, Para, Pre, Table
 
 STYLE = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2330;

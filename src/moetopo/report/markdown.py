@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .doc import Block, Bullets, Details, Figure, Heading, Para, Pre, Table
+from moetopo.report.doc import Block, Bullets, Details, Figure, Heading, Para, Pre, Table
 
 
 def cell(text: str) -> str:

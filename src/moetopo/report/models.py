@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from . import figures, fmt
-from .data import ModelData, ReportData
-from .doc import Block, Bullets, Details, Figure, Heading, Para, Table, anchor
-from .findings import kept_sets, model_findings, threshold_words
+from moetopo.report import figures, fmt
+from moetopo.report.data import ModelData, ReportData
+from moetopo.report.doc import Block, Bullets, Details, Figure, Heading, Para, Table, anchor
+from moetopo.report.findings import kept_sets, model_findings, threshold_words
 
 
 def score_of(model: ModelData, data: ReportData) -> float | None:

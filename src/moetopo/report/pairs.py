@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from . import fmt, study_figures
-from .data import PairData, ReportData
-from .doc import Block, Bullets, Details, Figure, Heading, Para, Table, anchor
-from .findings import pair_findings
+from moetopo.report import fmt, study_figures
+from moetopo.report.data import PairData, ReportData
+from moetopo.report.doc import Block, Bullets, Details, Figure, Heading, Para, Table, anchor
+from moetopo.report.findings import pair_findings
 
 
 def summary_table(summary: pd.DataFrame) -> Table:
@@ -63,7 +63,8 @@ def crossref_table(pair: PairData) -> Table:
         rows,
         anchor=anchor("crossref", pair.pair),
         caption=f"Cross-reference: redundancy of the tuned model by {params.get('source')} "
-        f"at {params.get('threshold_spec')}, routing-dominated above {params.get('threshold')}",
+        f"at {params.get('threshold_spec')}, routing-dominated above "
+        f"{params.get('min_redundancy')}",
     )
 
 

@@ -12,9 +12,9 @@ import platform
 
 import yaml
 
-from . import fmt
-from .data import ReportData
-from .doc import Block, Heading, Para, Pre, Table
+from moetopo.report import fmt
+from moetopo.report.data import ReportData
+from moetopo.report.doc import Block, Heading, Para, Pre, Table
 
 PACKAGES = (
     "moetopo",

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..stats import fit_line_band
-from .data import PairData
-from .figures import empty, ordered_sources, png
+from moetopo.report.data import PairData
+from moetopo.report.figures import empty, ordered_sources, png
+from moetopo.stats import fit_line_band
 
 
 def scaffold(pair: PairData) -> bytes:

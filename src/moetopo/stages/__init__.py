@@ -1,1 +1,51 @@
-"""Stage logic: each module turns inputs into the rows of one artefact."""
+"""The stages: one module per Snakemake rule, each importing science and artefacts, never
+another stage. This package holds the glue every rule's script shares: logging to the
+rule's log file and clear failures.
+
+A user error (MoetopoError) ends the job with one line naming the file and the
+problem, in the log and on stderr, instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from moetopo.errors import MoetopoError
+
+log = logging.getLogger("moetopo")
+
+
+def run(snakemake, body: Callable) -> None:
+    """Run ``body(snakemake)`` with logging to ``snakemake.log[0]``."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if snakemake.log:
+        handlers.append(logging.FileHandler(snakemake.log[0], mode="w"))
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    try:
+        body(snakemake)
+    except MoetopoError as exc:
+        log.error("%s", exc)
+        sys.exit(1)
+    log.info("peak RSS %.0f MiB", peak_rss_mib())
+
+
+def peak_rss_mib() -> float:
+    """This process's high-water resident memory (VmHWM), to check mem_mb requests.
+
+    Not ``ru_maxrss``: that is carried across fork and exec, so a spawned benchmark
+    child would report its parent's peak."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")

@@ -1,25 +1,23 @@
 """The attention_diff stage: how far a fine-tune moved each projection, router and expert.
 
-One job covers a group of layers of a base/tuned pair. The pair is checked from the
+One job covers one layer of a base/tuned pair. The pair is checked from the
 headers first (family, layer count, every tensor's shape); then the q/k/v/o rows of
-those layers (mapped per family by :mod:`moetopo.attention`), the router rows and
+those layers (mapped per family by :mod:`moetopo.checkpoint.attention`), the router rows and
 every expert's rows are compared in one streamed pass over both checkpoints.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 
-from ..artefacts import read_meta, schema, stream_table
-from ..attention import attention_splits, unmapped_attention
-from ..errors import PairMismatchError
-from ..layout import MoELayer
-from ..model import OpenModel
-from ..rowdiff import RowMeasure, Span, compare_spans
+from moetopo.artefacts import columns
+from moetopo.checkpoint.attention import attention_splits, unmapped_attention
+from moetopo.checkpoint.layout import MoELayer
+from moetopo.checkpoint.model import OpenModel
+from moetopo.diff.rows import RowMeasure, Span, compare_spans
+from moetopo.errors import PairMismatchError
 
 MAX_LISTED = 5
 
@@ -102,11 +100,6 @@ def check_pair(base: OpenModel, tuned: OpenModel, names: tuple[str, str]) -> Pai
         only_in_tuned=sorted(b.logical.keys() - a.logical.keys()),
         dtype_changes=dtype_changes,
     )
-
-
-def layer_groups(n_layers: int, per_job: int) -> list[list[int]]:
-    """Consecutive layers in groups of ``per_job`` (the last may be shorter)."""
-    return [list(range(s, min(n_layers, s + per_job))) for s in range(0, n_layers, per_job)]
 
 
 @dataclass
@@ -196,8 +189,8 @@ def diff_layers(
         else:
             moe.append({**row, "kind": kind, "expert": what})
     return LayerDiff(
-        _frame(attention, schema("attention_diff").names),
-        _frame(moe, schema("moe_diff").names),
+        _frame(attention, columns("attention_diff")),
+        _frame(moe, columns("moe_diff")),
         warnings,
         unmapped_attention(base.layout, layers),
     )
@@ -234,23 +227,3 @@ def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
     if "expert" in frame:
         frame["expert"] = frame["expert"].astype("Int64")
     return frame
-
-
-def gather_pair(paths: list[str | Path], output: str | Path) -> None:
-    """Concatenate one pair's per-group tables; the pair metadata covers all groups."""
-    first = read_meta(paths[0])
-    pair = dict(first.get("pair", {}))
-    layers, not_compared, warnings = [], [], []
-    with stream_table(
-        output, first["artefact"], stage=first.get("stage"), params=first.get("params"), extra={}
-    ) as out:
-        for path in paths:
-            meta = read_meta(path)
-            table = pq.read_table(path)
-            layers += meta.get("pair", {}).get("layers", [])
-            not_compared += meta.get("pair", {}).get("not_compared", [])
-            warnings += [w for w in meta.get("warnings", []) if w not in warnings]
-            out.write(table)
-        out.warnings.extend(warnings)
-        pair.update(layers=sorted(layers), not_compared=sorted(not_compared))
-        out.meta["pair"] = pair

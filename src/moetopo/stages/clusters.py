@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..clusters import (
+from moetopo.artefacts import columns
+from moetopo.artefacts.views import distance_matrices
+from moetopo.geometry.clusters import (
     Threshold,
     canonical_labels,
     hierarchical_labels,
@@ -13,20 +15,11 @@ from ..clusters import (
 )
 
 
-def distance_matrices(distances: pd.DataFrame):
-    """Yield (layer, source, square matrix) from the long expert_distances table."""
-    for (layer, source), group in distances.groupby(["layer", "source"], sort=True):
-        n = int(max(group.i.max(), group.j.max())) + 1
-        matrix = np.zeros((n, n))
-        matrix[group.i.to_numpy(), group.j.to_numpy()] = group.distance.to_numpy()
-        yield int(layer), str(source), matrix + matrix.T
-
-
 def cluster_tables(
     distances: pd.DataFrame,
     thresholds: list[str | float],
     absolute: dict[str, list[float]],
-    method: str = "average",
+    linkage: str = "average",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(clusters, redundancy) for every layer, source and threshold."""
     clusters, redundancy = [], []
@@ -36,12 +29,12 @@ def cluster_tables(
             threshold = Threshold.resolve(spec, matrix)
             row = redundancy_row(matrix, threshold.value)
             components = canonical_labels(row.pop("labels"))
-            hierarchy = canonical_labels(hierarchical_labels(matrix, threshold.value, method))
+            hierarchy = canonical_labels(hierarchical_labels(matrix, threshold.value, linkage))
             key = {"layer": layer, "source": source, "threshold_spec": threshold.spec}
             redundancy.append(
                 {**key, "threshold": threshold.value, **row, "n_clusters": int(hierarchy.max()) + 1}
             )
-            for label, labels in (("components", components), (method, hierarchy)):
+            for label, labels in (("components", components), (linkage, hierarchy)):
                 clusters.append(
                     pd.DataFrame(
                         {
@@ -53,9 +46,7 @@ def cluster_tables(
                         }
                     )
                 )
-    empty = pd.DataFrame(
-        columns=["layer", "source", "method", "threshold_spec", "threshold", "expert", "cluster"]
-    )
+    empty = pd.DataFrame(columns=columns("clusters"))
     return (
         pd.concat(clusters, ignore_index=True) if clusters else empty,
         pd.DataFrame(redundancy),

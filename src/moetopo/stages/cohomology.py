@@ -7,22 +7,26 @@ expert's leading input directions) and the merge barriers of HodgeCover.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from ..experts import ExpertWeights, expert_output, merged, read_expert
-from ..model import OpenModel
-from ..probes import function_probe
-from ..sources import cohomology_reads_expert_weights
-from ..topology.layer import LayerTopology, TopologyParams, layer_topology
-from ..topology.sheaf import leading_input_directions
-from .clusters import distance_matrices
-from .gates import GateLayer
-from .geometry import coactivation_matrix
+from moetopo.artefacts import columns
+from moetopo.artefacts.views import (
+    GateLayer,
+    coactivation_matrix,
+    distance_matrices,
+    redundancy_groups,
+)
+from moetopo.checkpoint.experts import read_expert
+from moetopo.checkpoint.model import OpenModel
+from moetopo.checkpoint.probes import function_probe
+from moetopo.geometry.merging import WeightMergeBarrier
+from moetopo.geometry.sources import cohomology_reads_expert_weights
+from moetopo.geometry.stalks import expert_frames, router_frames
+from moetopo.topology.layer import LayerTopology, TopologyParams, layer_topology
 
 
 @dataclass(frozen=True)
@@ -42,84 +46,6 @@ class CohomologySettings:
         return cohomology_reads_expert_weights(self.merge_barriers, self.sheaf_stalks)
 
 
-class WeightMergeBarrier:
-    """Cost of merging a set of experts the way merging compressors do: average their weights.
-
-    barrier(S) = sum_a mean_x ||f_a(x) - f_S(x)||^2 / sum_a mean_x ||f_a(x)||^2 over a in S,
-    with f_S the expert whose weights are the mean of S's. Unlike averaging outputs (whose
-    three-way cost is fixed by the pairwise ones), merging weights through the nonlinearity
-    can make three pairwise-mergeable experts jointly unmergeable, which is the obstruction
-    HodgeCover looks for. Expert weights and outputs are cached within a memory budget.
-    """
-
-    def __init__(self, read, tokens, activation, limit=None, cache_bytes=256 << 20):
-        self.read, self.tokens, self.activation, self.limit = read, tokens, activation, limit
-        self.cache_bytes = cache_bytes
-        self.cache: OrderedDict[int, tuple[ExpertWeights, np.ndarray]] = OrderedDict()
-
-    def _expert(self, e: int) -> tuple[ExpertWeights, np.ndarray]:
-        if e in self.cache:
-            self.cache.move_to_end(e)
-            return self.cache[e]
-        weights = self.read(e)
-        entry = (weights, expert_output(weights, self.tokens, self.activation, self.limit))
-        self.cache[e] = entry
-        while (
-            len(self.cache) > 3
-            and sum(w.nbytes + o.nbytes for w, o in self.cache.values()) > self.cache_bytes
-        ):
-            self.cache.popitem(last=False)
-        return entry
-
-    def __call__(self, experts: tuple[int, ...]) -> float:
-        members = [self._expert(e) for e in experts]
-        combined = merged([w for w, _ in members])
-        out = expert_output(combined, self.tokens, self.activation, self.limit)
-        error = sum(float(np.sum((o - out) ** 2)) for _, o in members)
-        scale = sum(float(np.sum(o**2)) for _, o in members)
-        return error / scale if scale > 0 else 0.0
-
-
-def expert_frames(model: OpenModel, layer: int, d: int, max_rows: int, seed: int) -> np.ndarray:
-    """[n, hidden, d]: each expert's d leading input directions (SVD of its gate/up rows)."""
-    moe = model.layout.layers[layer]
-    rng = np.random.default_rng(seed)
-    frames = []
-    for e in range(moe.n_experts):
-        w = read_expert(model.reader, moe, e)
-        rows = w.up if w.gate is None else np.vstack([w.gate, w.up])
-        if rows.shape[0] > max_rows:
-            rows = rows[np.sort(rng.choice(rows.shape[0], max_rows, replace=False))]
-        frames.append(leading_input_directions(rows, d))
-    return np.stack(frames)
-
-
-def router_frames(weight: np.ndarray, d: int) -> np.ndarray:
-    """Router-row stalks for router-only runs: each expert's row as a 1-d frame, padded by
-    the leading directions of the other rows so every stalk has dimension d."""
-    n, hidden = weight.shape
-    unit = weight / np.maximum(np.linalg.norm(weight, axis=1, keepdims=True), 1e-30)
-    frames = np.zeros((n, hidden, d))
-    basis = np.linalg.svd(weight, full_matrices=False)[2][:d].T  # shared principal directions
-    for e in range(n):
-        block = np.column_stack([unit[e], basis])
-        q, _ = np.linalg.qr(block)
-        frames[e] = q[:, :d]  # orthonormal whatever the row; a stalk's gauge changes nothing
-    return frames
-
-
-def layer_groups(clusters: pd.DataFrame | None, layer: int, source: str, spec: str):
-    if clusters is None or clusters.empty:
-        return None
-    rows = clusters[
-        (clusters.layer == layer)
-        & (clusters.source == source)
-        & (clusters.method == "components")
-        & (clusters.threshold_spec == spec)
-    ].sort_values("expert")
-    return rows.cluster.to_numpy() if len(rows) else None
-
-
 def layer_cohomology(
     model: OpenModel | None,
     layer: int,
@@ -131,8 +57,9 @@ def layer_cohomology(
     clusters: pd.DataFrame | None,
     params: TopologyParams,
     settings: CohomologySettings,
-) -> LayerTopology:
-    """Everything topological about ``layer``; ``model`` is needed only to read expert weights."""
+) -> dict[str, pd.DataFrame]:
+    """Every topology artefact of ``layer`` (TOPOLOGY_ARTEFACTS -> table); ``model`` is
+    needed only to read expert weights."""
     matrices = {source: m for lay, source, m in distance_matrices(distances) if lay == layer}
     n = len(next(iter(matrices.values())))
     rate = None if coactivation is None else coactivation_matrix(coactivation, layer, n, "rate")
@@ -140,7 +67,7 @@ def layer_cohomology(
     if routing is not None:
         load = routing[routing.layer == layer].sort_values("expert").load.to_numpy()
     signal = params.signal_source(matrices)
-    groups = layer_groups(clusters, layer, signal, settings.groups_threshold)
+    groups = redundancy_groups(clusters, layer, signal, settings.groups_threshold)
     frames = None
     if (
         settings.sheaf_stalks == "weights"
@@ -158,8 +85,7 @@ def layer_cohomology(
             *function_probe(model, settings.function_tokens, settings.seed),
             cache_bytes=settings.chunk_bytes,
         )
-    return layer_topology(
-        layer,
+    result = layer_topology(
         matrices,
         coactivation=rate,
         load=load,
@@ -168,6 +94,63 @@ def layer_cohomology(
         groups=groups,
         params=params,
     )
+    return topology_tables(layer, result)
+
+
+def topology_tables(layer: int, result: LayerTopology) -> dict[str, pd.DataFrame]:
+    """The layer's topology as the artefacts' tables, rows in the registry's order."""
+    persistence = [
+        bars.assign(layer=layer, source=source, noise_floor=result.noise_floors[source])
+        for source, bars in result.diagrams.items()
+    ]
+    sheaf, hodge, critical = [], [], []
+    for scale in result.scales:
+        key = {"layer": layer, "source": scale.source, "quantile": scale.quantile}
+        key["epsilon"] = scale.epsilon
+        hodge.append(key | scale.hodge | {"signal_source": result.signal_source})
+        critical.append(pd.DataFrame(scale.critical).assign(**key))
+        if scale.sheaf is not None:
+            sheaf.append(key | scale.sheaf)
+    cover = _cover_rows(layer, result)
+    return {
+        "persistence": _frame(persistence, "persistence", ["source", "dim"]),
+        "sheaf": pd.DataFrame(sheaf, columns=columns("sheaf")),
+        "hodge": pd.DataFrame(hodge, columns=columns("hodge")),
+        "hodge_edges": _frame(critical, "hodge_edges", ["source", "quantile", "rank"]),
+        "hodgecover": _frame(cover, "hodgecover", ["method", "keep", "expert"]),
+        "layer_summary": summary_rows(layer, result.summary),
+    }
+
+
+def _cover_rows(layer: int, result: LayerTopology) -> list[pd.DataFrame]:
+    """Per method and budget: which experts are kept, and each expert's rank."""
+    rows = []
+    for method, order in result.rankings.items():
+        n = len(order)
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n)
+        for keep in result.budgets:
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "layer": layer,
+                        "method": method,
+                        "keep": keep,
+                        "expert": np.arange(n),
+                        "kept": rank < keep,
+                        "rank": rank,
+                    }
+                )
+            )
+    return rows
+
+
+def _frame(parts: list[pd.DataFrame], artefact: str, sort_by: list[str]) -> pd.DataFrame:
+    names = columns(artefact)
+    if not parts:
+        return pd.DataFrame(columns=names)
+    table = pd.concat(parts, ignore_index=True)[names]
+    return table.sort_values(sort_by, kind="stable").reset_index(drop=True)
 
 
 def summary_rows(layer: int, summary: dict) -> pd.DataFrame:
@@ -176,4 +159,4 @@ def summary_rows(layer: int, summary: dict) -> pd.DataFrame:
     for key, value in sorted(summary.items()):
         source, metric = key.split(".", 1) if "." in key.split("@")[0] else ("", key)
         rows.append({"layer": layer, "source": source, "metric": metric, "value": float(value)})
-    return pd.DataFrame(rows, columns=["layer", "source", "metric", "value"])
+    return pd.DataFrame(rows, columns=columns("layer_summary"))

@@ -1,6 +1,6 @@
 """The conjecture stage: H1 per activated parameter per model, and whether it tracks the score.
 
-Two H1 metrics per distance source (DESIGN.md): the number of significant H1 bars
+Two H1 metrics per distance source: the number of significant H1 bars
 summed over MoE layers, and the total H1 persistence summed over MoE layers, each
 divided by the parameters a token activates. Correlations with the score come with
 bootstrap intervals and permutation p-values (moetopo.stats); the layer-level view
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..stats import conjecture_table, layer_conjecture_table, with_adjusted_p
+from moetopo.stats import conjecture_table, layer_conjecture_table, with_adjusted_p
 
 METRICS = {"h1_count": "h1_significant", "h1_persistence": "h1_total_persistence"}
 

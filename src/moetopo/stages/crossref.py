@@ -15,7 +15,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from ..errors import MoetopoError
+from moetopo.errors import MoetopoError
 
 _RELATIVE = re.compile(r"^([qr])(\d*\.?\d+)$")
 
@@ -27,7 +27,7 @@ def crossref_table(
     moe_layers: list[int],
     source: str = "router_l1",
     threshold_spec: str | float = "r0.5",
-    threshold: float = 0.5,
+    min_redundancy: float = 0.5,
 ) -> tuple[pd.DataFrame, list[str]]:
     """One row per layer of ``scaffold``, and warnings.
 
@@ -37,7 +37,7 @@ def crossref_table(
     if not isinstance(threshold_spec, str):
         threshold_spec = f"{float(threshold_spec):g}"
     chosen = _redundancy(redundancy, source, threshold_spec)
-    warnings = _unreachable(threshold_spec, threshold)
+    warnings = _unreachable(threshold_spec, min_redundancy)
     frame = scaffold[["layer", "is_scaffold"]].copy()
     frame["is_moe"] = frame.layer.isin(moe_layers)
     frame["redundancy"] = frame.layer.map(chosen).astype(float)
@@ -45,7 +45,9 @@ def crossref_table(
     absent = frame.layer[frame.is_moe & frame.redundancy.isna()].tolist()
     if absent:
         warnings.append(f"MoE layers {absent} have no {source} redundancy at {threshold_spec}")
-    frame["routing_dominated"] = frame.is_scaffold & frame.is_moe & (frame.redundancy > threshold)
+    frame["routing_dominated"] = (
+        frame.is_scaffold & frame.is_moe & (frame.redundancy > min_redundancy)
+    )
     router = moe_diff[moe_diff.kind == "router"].set_index("layer").relative_change
     experts = moe_diff[moe_diff.kind == "expert"].groupby("layer").relative_change
     frame["router_change"] = frame.layer.map(router).astype(float)
@@ -69,8 +71,8 @@ def _redundancy(redundancy: pd.DataFrame, source: str, spec: str) -> pd.Series:
     return rows.set_index("layer").redundancy
 
 
-def _unreachable(spec: str, threshold: float) -> list[str]:
-    """Warn when the threshold spec cannot produce redundancy above ``threshold``.
+def _unreachable(spec: str, min_redundancy: float) -> list[str]:
+    """Warn when the threshold spec cannot produce redundancy above ``min_redundancy``.
 
     At rF (F <= 1) fewer than half of the pairs lie below F x the median distance,
     and at qF about F of them lie below the F-quantile.
@@ -79,9 +81,11 @@ def _unreachable(spec: str, threshold: float) -> list[str]:
     if not found:
         return []
     kind, value = found.group(1), float(found.group(2))
-    if (kind == "r" and value <= 1 and threshold >= 0.5) or (kind == "q" and value <= threshold):
+    if (kind == "r" and value <= 1 and min_redundancy >= 0.5) or (
+        kind == "q" and value <= min_redundancy
+    ):
         return [
-            f"redundancy at the relative threshold {spec} cannot exceed {threshold} by "
+            f"redundancy at the relative threshold {spec} cannot exceed {min_redundancy} by "
             "construction, so no layer can be routing-dominated; for the reference rule give "
             "clusters.absolute an absolute threshold for the source and name it in "
             "crossref.threshold_spec"

@@ -1,28 +1,20 @@
-"""The inventory stage: shard headers -> one row per tensor, and model.json."""
+"""The inventory stage: the shards' header rows -> one classified row per tensor, and
+model.json."""
 
 from __future__ import annotations
 
 from itertools import chain
 from pathlib import Path
 
-from ..inspect import model_summary
-from ..io.checkpoint import checkpoint_from_entries, list_shards
-from ..io.header import (
+from moetopo.checkpoint.header import (
     TensorEntry,
     entries_from_columns,
     entry_columns,
     gc_paused,
-    read_shard_header,
 )
-from ..layout import ModelLayout, build_layout
-
-
-def shard_rows(shard_path: str | Path) -> tuple[dict[str, list], dict]:
-    """One shard's header as columns, plus its name, size and header digest."""
-    shard_path = Path(shard_path)
-    header = read_shard_header(shard_path, shard_path.name)
-    meta = {"shard": header.shard, "file_size": header.file_size, "digest": header.digest}
-    return entry_columns(header.tensors.values()), meta
+from moetopo.checkpoint.layout import ModelLayout, build_layout
+from moetopo.checkpoint.shards import checkpoint_from_entries, list_shards
+from moetopo.checkpoint.summary import model_summary
 
 
 @gc_paused()

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..attention import PROJECTIONS
-from ..stats import bootstrap_mean_interval
+from moetopo.checkpoint.attention import PROJECTIONS
+from moetopo.stats import bootstrap_mean_interval
 
 COLUMNS = [
     "scope",

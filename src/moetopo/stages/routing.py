@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..errors import MoetopoError
-from ..model import OpenModel
-from ..probes import load_captured, normalised_embeddings, probe_token_ids
-from ..routing import RoutingRule, coactivation_counts, route, selection_matrix
-from .gates import GateLayer
+from moetopo.artefacts import columns
+from moetopo.artefacts.views import GateLayer
+from moetopo.checkpoint.model import OpenModel
+from moetopo.checkpoint.probes import load_captured, normalised_embeddings, probe_token_ids
+from moetopo.errors import MoetopoError
+from moetopo.routing.rule import RoutingRule, coactivation_counts, route, selection_matrix
 
 
 @dataclass
@@ -26,11 +27,8 @@ class RoutingResult:
         return (
             pd.concat([pd.DataFrame(r) for r in self.routing], ignore_index=True),
             pd.concat([pd.DataFrame(r) for r in self.coactivation], ignore_index=True),
-            pd.DataFrame(self.agreement, columns=AGREEMENT_COLUMNS),
+            pd.DataFrame(self.agreement, columns=columns("routing_agreement")),
         )
-
-
-AGREEMENT_COLUMNS = ["layer", "n_tokens", "load_spearman", "topk_overlap", "same_tokens"]
 
 
 def layer_rule(model: OpenModel, layer: int) -> RoutingRule:
@@ -122,7 +120,7 @@ def _add_layer(result: RoutingResult, layer: int, routed, source: str, n_experts
 
 def _agreement(layer: int, captured, probe, same_tokens: bool) -> dict:
     """How far the weights-only probe reproduces captured routing."""
-    from scipy.stats import spearmanr  # imported here: scipy.stats costs 0.6 s per job
+    from scipy.stats import spearmanr  # imported here: scipy.stats is slow to import
 
     n_experts = captured.scores.shape[1]
     load_c = selection_matrix(captured.experts, n_experts).mean(axis=0)

@@ -1,4 +1,5 @@
-"""All topology of one MoE layer: persistence, sheaf, Hodge and HodgeCover tables.
+"""All topology of one MoE layer: persistence, sheaf, Hodge and HodgeCover, as figures and
+arrays (the cohomology stage turns them into the artefacts' tables).
 
 Every result depends on the experts only through the inputs, never through their ids:
 relabelling the experts relabels the rows and changes nothing else (up to exact ties).
@@ -45,7 +46,7 @@ class TopologyParams:
 
     maxdim: int = 1  # highest homology dimension of the persistence diagrams (2 is costly)
     coeff: int = 127  # prime coefficient field of all homology (see vietoris_rips_diagrams)
-    noise_floor: float = 0.05  # bars with persistence <= floor are noise
+    noise_floor: float = 0.1  # bars with persistence <= floor are noise
     noise_floor_mode: NoiseMode = "relative"  # relative: x median pairwise distance
     epsilon_quantiles: tuple[float, ...] = (0.3,)  # scales of the complexes
     stalk_dim: int = 2
@@ -53,7 +54,7 @@ class TopologyParams:
     n_eigenvalues: int = 6
     hodge_signal: str = "function"  # edge signal source; falls back to the first source
     n_critical_edges: int = 20
-    max_triangles: int = 2000  # triplet barriers evaluated (each may cost a forward pass)
+    max_triangles: int = 512  # triplet barriers evaluated (each may cost a forward pass)
     keep_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)  # HodgeCover budgets
 
     def __post_init__(self) -> None:
@@ -76,37 +77,32 @@ class TopologyParams:
 
 
 @dataclass(frozen=True)
-class LayerTopology:
-    """The layer's tables (DESIGN.md columns plus a few) and headline figures."""
+class ScaleTopology:
+    """One source's complex at one scale: the Hodge split of the signal on it, its
+    harmonic-critical edges (tail -> head in the flow's direction) and the sheaf."""
 
-    persistence: pd.DataFrame
-    sheaf: pd.DataFrame
-    hodge: pd.DataFrame
-    critical_edges: pd.DataFrame
-    hodgecover: pd.DataFrame
+    source: str
+    quantile: float
+    epsilon: float
+    hodge: dict[str, float | int]
+    critical: dict[str, np.ndarray]  # rank, tail, head, signal, harmonic
+    sheaf: dict | None  # stalk_dim, h0, h1, eigenvalues, rtol, n_edges; None without frames
+
+
+@dataclass(frozen=True)
+class LayerTopology:
+    """The layer's diagrams, complexes and expert rankings, and its headline figures."""
+
+    signal_source: str
+    diagrams: dict[str, pd.DataFrame]  # source -> bars (dim, birth, death, persistence, ...)
+    noise_floors: dict[str, float]
+    scales: list[ScaleTopology]
+    rankings: dict[str, np.ndarray]  # method -> experts, the first kept first
+    budgets: list[int]  # numbers of experts kept, from params.keep_fractions
     summary: dict[str, float | int] = field(default_factory=dict)
 
 
-SHEAF_COLUMNS = [
-    "layer", "source", "quantile", "epsilon", "stalk_dim", "h0", "h1", "eigenvalues", "rtol",
-    "n_edges",
-]  # fmt: skip
-HODGE_COLUMNS = [
-    "layer", "source", "quantile", "epsilon", "signal_source", "gradient_energy",
-    "curl_energy", "harmonic_energy", "harmonic_fraction", "betti1", "n_edges", "n_triangles",
-    "orthogonality", "iterations",
-]  # fmt: skip
-CRITICAL_COLUMNS = [
-    "layer", "source", "quantile", "epsilon", "rank", "tail", "head", "signal", "harmonic",
-]  # fmt: skip
-PERSISTENCE_COLUMNS = [
-    "layer", "source", "dim", "birth", "death", "persistence", "significant", "noise_floor",
-]  # fmt: skip
-HODGECOVER_COLUMNS = ["layer", "method", "keep", "expert", "kept", "rank"]
-
-
 def layer_topology(
-    layer: int,
     distances: Mapping[str, np.ndarray],
     *,
     coactivation: np.ndarray | None = None,
@@ -124,8 +120,9 @@ def layer_topology(
       the more central expert (smaller total signal distance to all others) to the other.
     - sheaf: same complexes, when ``frames`` ([n, in_dim, >= stalk_dim]) are given; edge
       weights are the symmetric ``coactivation`` rates (1 when None).
-    - hodgecover: on the signal source's complex at the first scale, with triplet barriers
-      from ``merge_barrier`` (none when None); the load and group baselines need ``load``.
+    - rankings: HodgeCover on the signal source's complex at the first scale, with triplet
+      barriers from ``merge_barrier`` (none when None); the load and group baselines need
+      ``load``.
       ``groups`` defaults to single-linkage groups of the signal source at the noise floor.
     """
     sources = {name: check_distance_matrix(d) for name, d in distances.items()}
@@ -144,42 +141,32 @@ def layer_topology(
     if groups is not None and np.shape(groups) != (n,):
         raise ValueError(f"groups must give one label per expert ({n})")
     summary: dict[str, float | int] = {"n_experts": n}
-    persistence, sheaf, hodge, critical = [], [], [], []
-    cover = pd.DataFrame(columns=HODGECOVER_COLUMNS)
+    diagrams, floors, scales = {}, {}, []
+    rankings: dict[str, np.ndarray] = {}
     for name, d in sources.items():
-        floor = noise_floor(d, params.noise_floor, params.noise_floor_mode)
-        persistence.append(_persistence(layer, name, d, floor, params, summary))
+        floors[name] = noise_floor(d, params.noise_floor, params.noise_floor_mode)
+        diagrams[name] = _persistence(name, d, floors[name], params, summary)
         for q in params.epsilon_quantiles:
             cx = rips_complex(d, epsilon_at_quantile(d, q))
-            key = {"layer": layer, "source": name, "quantile": q, "epsilon": cx.epsilon}
             harmonic, row, edges = _hodge(cx, signal, params)
-            hodge.append(key | row | {"signal_source": signal_name})
-            critical.append(edges.assign(**key))
+            sheaf = None if frames is None else _sheaf(cx, frames, weights, params)
+            scales.append(ScaleTopology(name, q, cx.epsilon, row, edges, sheaf))
             summary[f"{name}.b1@{q}"] = row["betti1"]
             summary[f"{name}.harmonic_fraction@{q}"] = row["harmonic_fraction"]
-            if frames is not None:
-                sheaf.append(key | _sheaf(cx, frames, weights, params))
-                summary[f"{name}.sheaf_h0@{q}"] = sheaf[-1]["h0"]
-                summary[f"{name}.sheaf_h1@{q}"] = sheaf[-1]["h1"]
+            if sheaf is not None:
+                summary[f"{name}.sheaf_h0@{q}"] = sheaf["h0"]
+                summary[f"{name}.sheaf_h1@{q}"] = sheaf["h1"]
             if name == signal_name and q == params.epsilon_quantiles[0]:
                 if groups is None:
-                    close = sparse.csr_matrix(np.triu(signal <= floor, k=1))
+                    close = sparse.csr_matrix(np.triu(signal <= floors[name], k=1))
                     groups = connected_components(close, directed=False)[1]
-                cover = _hodgecover(
-                    layer, cx, harmonic, signal, load, merge_barrier, groups, params
-                )
-    return LayerTopology(
-        persistence=_frame(persistence, PERSISTENCE_COLUMNS, ["source", "dim"]),
-        sheaf=pd.DataFrame(sheaf, columns=SHEAF_COLUMNS),
-        hodge=pd.DataFrame(hodge, columns=HODGE_COLUMNS),
-        critical_edges=_frame(critical, CRITICAL_COLUMNS, ["source", "quantile", "rank"]),
-        hodgecover=cover,
-        summary=summary,
-    )
+                rankings = _rankings(cx, harmonic, signal, load, merge_barrier, groups, params)
+    budgets = sorted({min(n, max(1, round(f * n))) for f in params.keep_fractions})
+    return LayerTopology(signal_name, diagrams, floors, scales, rankings, budgets, summary)
 
 
 def _persistence(
-    layer: int, name: str, d: np.ndarray, floor: float, params: TopologyParams, summary: dict
+    name: str, d: np.ndarray, floor: float, params: TopologyParams, summary: dict
 ) -> pd.DataFrame:
     """The source's diagrams; adds its per-dimension headline figures to ``summary``."""
     dgm = vietoris_rips_diagrams(d, maxdim=params.maxdim, coeff=params.coeff, noise_floor=floor)
@@ -189,12 +176,12 @@ def _persistence(
         summary[f"{name}.h{dim}_total_persistence"] = s.total_persistence
         summary[f"{name}.h{dim}_max_persistence"] = s.max_persistence
         summary[f"{name}.h{dim}_entropy"] = s.entropy
-    return dgm.assign(layer=layer, source=name, noise_floor=floor)
+    return dgm
 
 
 def _hodge(
     cx: RipsComplex, signal: np.ndarray, params: TopologyParams
-) -> tuple[np.ndarray, dict, pd.DataFrame]:
+) -> tuple[np.ndarray, dict, dict[str, np.ndarray]]:
     """Harmonic part, the hodge row and the harmonic-critical edges of the signal on ``cx``.
 
     The flow on edge {a, b} is signal[a, b] from the expert earlier in :func:`_flow_order`
@@ -222,15 +209,13 @@ def _hodge(
     }
     top = harmonic_critical_edges(dec, params.n_critical_edges)
     forward = sign[top] > 0
-    edges = pd.DataFrame(
-        {
-            "rank": np.arange(len(top)),
-            "tail": np.where(forward, i[top], j[top]),
-            "head": np.where(forward, j[top], i[top]),
-            "signal": values[top],
-            "harmonic": sign[top] * dec.harmonic[top],
-        }
-    )
+    edges = {
+        "rank": np.arange(len(top)),
+        "tail": np.where(forward, i[top], j[top]),
+        "head": np.where(forward, j[top], i[top]),
+        "signal": values[top],
+        "harmonic": sign[top] * dec.harmonic[top],
+    }
     return dec.harmonic, row, edges
 
 
@@ -275,8 +260,7 @@ def _sheaf(
     }
 
 
-def _hodgecover(
-    layer: int,
+def _rankings(
     cx: RipsComplex,
     harmonic: np.ndarray,
     signal: np.ndarray,
@@ -284,9 +268,8 @@ def _hodgecover(
     merge_barrier: MergeBarrier | None,
     groups: np.ndarray,
     params: TopologyParams,
-) -> pd.DataFrame:
-    """Rows (method, keep, expert, kept, rank) for HodgeCover and, given load, its baselines."""
-    n = cx.n_vertices
+) -> dict[str, np.ndarray]:
+    """Expert rankings of HodgeCover and, given load, of its baselines."""
     if merge_barrier is None:
         barrier = np.full(cx.n_triangles, np.nan)
     else:
@@ -297,29 +280,4 @@ def _hodgecover(
     if load is not None:
         rankings["load"] = load_ranking(load)
         rankings["groups"] = group_representative_ranking(groups, load)
-    budgets = sorted({min(n, max(1, round(f * n))) for f in params.keep_fractions})
-    rows = []
-    for method, order in rankings.items():
-        rank = np.empty(n, dtype=np.int64)
-        rank[order] = np.arange(n)
-        for keep in budgets:
-            rows.append(
-                pd.DataFrame(
-                    {
-                        "layer": layer,
-                        "method": method,
-                        "keep": keep,
-                        "expert": np.arange(n),
-                        "kept": rank < keep,
-                        "rank": rank,
-                    }
-                )
-            )
-    return _frame(rows, HODGECOVER_COLUMNS, ["method", "keep", "expert"])
-
-
-def _frame(parts: list[pd.DataFrame], columns: list[str], sort_by: list[str]) -> pd.DataFrame:
-    if not parts:
-        return pd.DataFrame(columns=columns)
-    table = pd.concat(parts, ignore_index=True)[columns]
-    return table.sort_values(sort_by, kind="stable").reset_index(drop=True)
+    return rankings

@@ -39,8 +39,8 @@ def saturation_threshold(distances: np.ndarray) -> float:
 
     A source that saturates (coactivation: 1 means "never chosen together", shared by
     most pairs of a large sparse-routing layer) lets all those pairs enter at once, which
-    adds nothing but ties and makes ripser's H1 cost explode (256 experts: 15 s instead of
-    0.1 s). Stopping below the maximum loses nothing: at the maximum every edge is in, the
+    adds nothing but ties and makes ripser's H1 cost explode (the topology bench shows by
+    how much). Stopping below the maximum loses nothing: at the maximum every edge is in, the
     Rips complex is the full simplex, and every class still alive dies exactly there
     (:func:`vietoris_rips_diagrams` records those deaths).
     """

@@ -1,0 +1,158 @@
+"""Probe tokens and captured router logits: the two sources of routing evidence.
+
+Without captured logits, moetopo routes rows of the input embedding, normalised as
+the model's first norm would normalise them: a weights-only stand-in for real
+hidden states. Captured logits (per layer, tokens x experts) replace it when given.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from moetopo.checkpoint.layout import ModelLayout
+from moetopo.checkpoint.model import OpenModel
+from moetopo.errors import MoetopoError
+
+_FIRST_NORM_WORDS = (
+    "input",
+    "attn_norm",
+    "ln_1",
+    "norm_1",
+    "norm1",
+    "operator_norm",
+    "attention_norm",
+)
+
+
+def embedding_tensor(layout: ModelLayout) -> str:
+    """The input embedding: the largest non-MTP tensor with role ``embed``."""
+    names = [n for n in layout.tensors_of("embed") if not layout.roles[n].mtp]
+    if not names:
+        raise MoetopoError(f"{layout.root}: no input embedding found to draw probe tokens from")
+    return max(names, key=lambda n: layout.logical[n].numel)
+
+
+def first_norm(layout: ModelLayout) -> tuple[str | None, str | None]:
+    """(weight, bias) of the norm the first layer applies to its input, if any."""
+    hidden = layout.hidden_size
+    norms = [
+        n
+        for n in layout.tensors_of("norm")
+        if layout.roles[n].layer is not None
+        and not layout.roles[n].mtp
+        and layout.logical[n].shape == (hidden,)
+    ]
+    if not norms:
+        return None, None
+    first_layer = min(layout.roles[n].layer for n in norms)
+    candidates = sorted(n for n in norms if layout.roles[n].layer == first_layer)
+    weights = [n for n in candidates if not n.endswith("bias")]
+    preferred = [n for n in weights if any(w in n for w in _FIRST_NORM_WORDS)]
+    weight = (preferred or weights or [None])[0]
+    bias = weight[: -len("weight")] + "bias" if weight and weight.endswith("weight") else None
+    return weight, bias if bias in layout.logical else None
+
+
+def read_rows(model: OpenModel, name: str, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` of a 2-D tensor, reading each run of consecutive rows once."""
+    rows = np.asarray(rows)
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    out = np.empty((rows.size, model.layout.logical[name].shape[1]), dtype=np.float32)
+    start = 0
+    while start < rows.size:
+        stop = start + 1
+        while stop < rows.size and sorted_rows[stop] - sorted_rows[stop - 1] <= 1:
+            stop += 1
+        first, last = int(sorted_rows[start]), int(sorted_rows[stop - 1])
+        block = model.reader.read(name, rows=(first, last + 1))
+        out[order[start:stop]] = block[sorted_rows[start:stop] - first]
+        start = stop
+    return out
+
+
+def normalised_embeddings(model: OpenModel, token_ids: np.ndarray) -> np.ndarray:
+    """Embedding rows of ``token_ids`` after the first layer's norm (RMSNorm or LayerNorm)."""
+    layout = model.layout
+    x = read_rows(model, embedding_tensor(layout), token_ids).astype(np.float64)
+    weight, bias = first_norm(layout)
+    config = model.checkpoint.config
+    eps = float(config.get("rms_norm_eps") or config.get("layer_norm_eps") or 1e-6)
+    if bias is not None:  # LayerNorm
+        x = x - x.mean(axis=1, keepdims=True)
+    x = x / np.sqrt(np.mean(x**2, axis=1, keepdims=True) + eps)
+    if weight is not None:
+        w = model.reader.read(weight).astype(np.float64)
+        x = x * ((1.0 + w) if layout.spec.defaults.get("norm_offset") else w)
+    if bias is not None:
+        x = x + model.reader.read(bias)
+    return x.astype(np.float32)
+
+
+def probe_token_ids(model: OpenModel, n_tokens: int, seed: int) -> np.ndarray:
+    """``n_tokens`` distinct vocabulary ids (all of them if the vocabulary is smaller)."""
+    vocab = model.layout.logical[embedding_tensor(model.layout)].shape[0]
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(vocab, size=min(n_tokens, vocab), replace=False))
+
+
+def function_probe(
+    model: OpenModel, n_tokens: int, seed: int
+) -> tuple[np.ndarray, str, float | None]:
+    """(probe inputs, activation, SwiGLU clamp) on which expert outputs are compared.
+
+    The function distance and the merge barriers both use it, so they measure the
+    experts on the same tokens with the same activation.
+    """
+    x = normalised_embeddings(model, probe_token_ids(model, n_tokens, seed))
+    return x, model.layout.activation, model.checkpoint.config.get("swiglu_limit")
+
+
+def load_captured(path: str | Path) -> tuple[dict[int, np.ndarray], np.ndarray | None, dict]:
+    """Captured router logits: per layer [tokens, experts], token ids if recorded, metadata.
+
+    Accepts the ``.npz`` that ``python -m moetopo.capture`` writes (arrays ``layer_<L>``,
+    optional ``token_ids`` and ``meta``) or a Parquet table with columns layer, token,
+    logits (list) and optionally token_id.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MoetopoError(f"{path}: captured router logits file does not exist")
+    try:
+        if path.suffix == ".npz":
+            return _load_npz(path)
+        if path.suffix == ".parquet":
+            return _load_parquet(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise MoetopoError(f"{path}: cannot read captured router logits ({exc})") from exc
+    raise MoetopoError(f"{path}: captured router logits must be .npz or .parquet")
+
+
+def _load_npz(path: Path):
+    with np.load(path, allow_pickle=False) as data:
+        layers = {
+            int(k.removeprefix("layer_")): data[k].astype(np.float32)
+            for k in data.files
+            if k.startswith("layer_")
+        }
+        token_ids = data["token_ids"].astype(np.int64) if "token_ids" in data.files else None
+        meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
+    return layers, token_ids, meta
+
+
+def _load_parquet(path: Path):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path).to_pandas().sort_values(["layer", "token"])
+    layers = {
+        int(layer): np.stack(group["logits"].to_numpy()).astype(np.float32)
+        for layer, group in table.groupby("layer")
+    }
+    token_ids = None
+    if "token_id" in table:
+        first = table[table.layer == table.layer.min()]
+        token_ids = first["token_id"].to_numpy(np.int64)
+    return layers, token_ids, {}

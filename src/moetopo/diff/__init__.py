@@ -1,0 +1,1 @@
+"""The base/fine-tune diff: per-row change of tensors read from two checkpoints at once."""

@@ -1,0 +1,85 @@
+"""models.tsv for the Snakefile: model paths, shard lists, MoE layers, sizes.
+
+Every header of every model is parsed at parse time (header bytes only), which gives
+the DAG its per-shard and per-layer jobs without checkpoint rules.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from moetopo.checkpoint.layout import ModelLayout, build_layout
+from moetopo.checkpoint.shards import ShardList, list_shards, open_checkpoint
+
+MB = 1 << 20
+
+
+class ModelSheet:
+    """models.tsv with lazily parsed checkpoints."""
+
+    def __init__(self, table: pd.DataFrame):
+        self.table = table
+        self._layouts: dict[str, ModelLayout] = {}
+        self._listings: dict[str, ShardList] = {}
+
+    @cached_property
+    def names(self) -> list[str]:
+        return list(self.table.index)
+
+    def path(self, model: str) -> str:
+        return str(Path(self.table.loc[model, "path"]))
+
+    def family(self, model: str) -> str:
+        family = self.table.loc[model].get("family", "")
+        return family if isinstance(family, str) else ""
+
+    def score(self, model: str) -> str:
+        value = self.table.loc[model].get("score", "")
+        return value if isinstance(value, str) else ""
+
+    def routing_file(self, model: str) -> str:
+        value = self.table.loc[model].get("routing", "")
+        return value if isinstance(value, str) else ""
+
+    def shards(self, model: str) -> list[str]:
+        return list(self.listing(model).shards)
+
+    def shard_path(self, model: str, shard: str) -> str:
+        return str(self.listing(model).root / shard)
+
+    def listing(self, model: str) -> ShardList:
+        """The model's shards, read from its index once per parse (163 shard jobs ask)."""
+        if model not in self._listings:
+            self._listings[model] = list_shards(self.path(model))
+        return self._listings[model]
+
+    def layout(self, model: str) -> ModelLayout:
+        if model not in self._layouts:
+            checkpoint = open_checkpoint(self.path(model))
+            self._layouts[model] = build_layout(checkpoint, family=self.family(model) or None)
+        return self._layouts[model]
+
+    def moe_layers(self, model: str) -> list[int]:
+        return self.layout(model).moe_layers
+
+    def expert_mb(self, model: str, layer: int) -> int:
+        """Float32 size of one expert of ``layer``, in MiB (what a job holds per expert)."""
+        moe = self.layout(model).layers[layer]
+        per_expert = sum(int(np.prod(t.shape)) for t in moe.experts.values())
+        return 1 + per_expert * 4 // MB
+
+    def layer_mb(self, model: str, layer: int) -> int:
+        """Bytes on disk of the routed experts of ``layer``, in MiB (what weight sources read)."""
+        layout = self.layout(model)
+        moe = layout.layers[layer]
+        names = {n for t in moe.experts.values() for n in (t.names or (t.fused,))}
+        return 1 + sum(layout.logical[n].nbytes for n in names) // MB
+
+    def router_mb(self, model: str) -> int:
+        layout = self.layout(model)
+        routers = (layout.logical[m.router] for m in layout.layers.values())
+        return 1 + sum(t.numel for t in routers) * 4 // MB

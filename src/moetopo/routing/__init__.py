@@ -1,0 +1,1 @@
+"""Routing as the model does it: each family's selection rule, loads and coactivation."""

@@ -1,0 +1,65 @@
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from moetopo.artefacts import read_table, write_table
+from moetopo.stages import run
+from moetopo.stages.conjecture import conjecture_rows, model_tables
+
+
+def main(snakemake):
+    p = snakemake.params
+    names = list(p.models)
+    summaries = {
+        n: json.loads(Path(f).read_text())
+        for n, f in zip(names, snakemake.input.summaries, strict=True)
+    }
+    layer_summaries = {
+        n: read_table(f)[0] for n, f in zip(names, snakemake.input.layer_summaries, strict=True)
+    }
+    rows = [
+        {"model": n, "score": float(s) if s != "" else float("nan")}
+        for n, s in zip(names, p.scores, strict=True)
+    ]
+    models, layers = model_tables(rows, summaries, layer_summaries)
+    settings = {
+        "higher_is_better": p.higher_is_better,
+        "confidence_level": p.confidence_level,
+        "n_resamples": p.n_resamples,
+        "seed": p.seed,
+        "min_models": p.min_models,
+        "sources": list(p.sources),
+        "scores": dict(zip(names, p.scores, strict=True)),
+    }
+    table = conjecture_rows(
+        models,
+        layers,
+        higher_is_better=p.higher_is_better,
+        confidence_level=p.confidence_level,
+        n_resamples=p.n_resamples,
+        seed=p.seed,
+        min_models=p.min_models,
+        sources=list(p.sources) or None,
+    )
+    write_table(
+        models,
+        snakemake.output.models,
+        "stats_models",
+        params=settings,
+    )
+    write_table(
+        layers,
+        snakemake.output.layers,
+        "stats_layers",
+        params=settings,
+    )
+    write_table(
+        pd.DataFrame(table),
+        snakemake.output.conjecture,
+        "conjecture",
+        params=settings,
+    )
+
+
+run(snakemake, main)  # noqa: F821
