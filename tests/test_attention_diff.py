@@ -76,11 +76,16 @@ def write_edited(
     return directory
 
 
+# The planted shifts are a few percent of a row: a tenth of the row norm (the default) would
+# miss them, so these tests use one hundredth.
+FINE = RowMeasure("l1", 0.01, "relative")
+
+
 def diff_pair(base_dir, tuned_dir, layers=None, measure=None, chunk_bytes=256 << 20):
     base, tuned = open_model(base_dir), open_model(tuned_dir)
     check_pair(base, tuned, ("base", "tuned"))
     layers = list(range(base.layout.n_layers)) if layers is None else layers
-    return diff_layers(base, tuned, layers, measure or RowMeasure(), chunk_bytes)
+    return diff_layers(base, tuned, layers, measure or FINE, chunk_bytes)
 
 
 def fractions(attention: pd.DataFrame) -> dict[tuple[int, str], float]:
@@ -253,7 +258,7 @@ def test_tensor_in_one_model_only_is_listed_not_skipped_silently(tmp_path):
     base, tuned = open_model(tmp_path / "base"), open_model(tmp_path / "tuned")
     pair = check_pair(base, tuned, ("b", "t"))
     assert pair.only_in_base == [v] and pair.only_in_tuned == [extra]
-    diff = diff_layers(base, tuned, [0, 1], RowMeasure())
+    diff = diff_layers(base, tuned, [0, 1], FINE)
     assert (1, "v") not in fractions(diff.attention)
     assert any("missing from the tuned model" in w for w in diff.warnings)
     path = tmp_path / "diff.parquet"
@@ -317,7 +322,7 @@ def test_threshold_absolute_or_relative_to_row_norm(tmp_path):
     tuned.layers[0].q = tuned.layers[0].q + big
     write_family(base, "mixtral", tmp_path / "b", dtype="F32")
     write_family(tuned, "mixtral", tmp_path / "t", dtype="F32")
-    relative = fractions(diff_pair(tmp_path / "b", tmp_path / "t", measure=RowMeasure()).attention)
+    relative = fractions(diff_pair(tmp_path / "b", tmp_path / "t", measure=FINE).attention)
     assert relative[0, "q"] == 0.5  # 1% relative threshold: 10x shifts, 0.5% does not
     loose = RowMeasure("l1", 0.0, "absolute")
     assert (
@@ -342,7 +347,7 @@ def test_tiny_chunks_and_per_layer_parts_give_the_same_tables(tmp_path):
     paths = []
     for layer in range(4):
         layers = [layer]
-        part = diff_layers(b, t, layers, RowMeasure())
+        part = diff_layers(b, t, layers, FINE)
         paths.append(tmp_path / f"{layer}.parquet")
         write_table(
             part.attention,

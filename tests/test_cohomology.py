@@ -11,14 +11,9 @@ from moetopo.checkpoint.experts import read_expert
 from moetopo.checkpoint.model import open_model
 from moetopo.fixtures import random_model, write_family
 from moetopo.geometry.distances import pairs_table
-from moetopo.stages.cohomology import (
-    CohomologySettings,
-    WeightMergeBarrier,
-    expert_frames,
-    layer_cohomology,
-    router_frames,
-    summary_rows,
-)
+from moetopo.geometry.merging import WeightMergeBarrier
+from moetopo.geometry.stalks import expert_frames, router_frames
+from moetopo.stages.cohomology import CohomologySettings, layer_cohomology, summary_rows
 from moetopo.stages.expert_geometry import layer_distances
 from moetopo.stages.routing import routing_tables
 from moetopo.topology.layer import TopologyParams
@@ -73,7 +68,7 @@ def test_hodgecover_keeps_the_irreducible_triple_that_load_drops(tmp_path):
     assert max(matrices["function"][a, b] for a in TRIPLE for b in TRIPLE) < 1e-6
     distances = pd.DataFrame(pairs_table(0, matrices))
     params = TopologyParams(epsilon_quantiles=(0.3,), keep_fractions=(0.5,), max_triangles=200)
-    result = layer_cohomology(
+    tables = layer_cohomology(
         model,
         0,
         distances,
@@ -84,12 +79,12 @@ def test_hodgecover_keeps_the_irreducible_triple_that_load_drops(tmp_path):
         params=params,
         settings=CohomologySettings(function_tokens=128),
     )
-    cover = result.hodgecover[result.hodgecover.keep == 4]
+    cover = tables["hodgecover"][tables["hodgecover"].keep == 4]
     kept = {m: set(g[g.kept].expert) for m, g in cover.groupby("method")}
     assert len(kept["hodgecover"] & set(TRIPLE)) >= 2
     assert len(kept["load"] & set(TRIPLE)) <= 1
-    assert set(result.hodge.source) == {"function", "router_l2", "coactivation"}
-    assert (result.sheaf.stalk_dim == 2).all()
+    assert set(tables["hodge"].source) == {"function", "router_l2", "coactivation"}
+    assert (tables["sheaf"].stalk_dim == 2).all()
 
 
 def test_expert_frames_are_orthonormal_input_directions(tmp_path):

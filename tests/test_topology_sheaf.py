@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from scipy.spatial.distance import pdist, squareform
 from scipy.stats import ortho_group
 
+from moetopo.geometry.stalks import leading_input_directions
 from moetopo.topology.complex import rips_complex
 from moetopo.topology.sheaf import (
-    leading_input_directions,
     procrustes_maps,
     sheaf_coboundary,
     sheaf_cohomology,

@@ -19,11 +19,12 @@ import numpy as np
 from scipy.spatial.distance import pdist, squareform
 
 from moetopo.bench.measure import in_fresh_process
+from moetopo.geometry.stalks import leading_input_directions
 from moetopo.topology.complex import epsilon_at_quantile, rips_complex
 from moetopo.topology.hodgecover import hodgecover_ranking
 from moetopo.topology.layer import TopologyParams, layer_topology
 from moetopo.topology.persistence import vietoris_rips_diagrams
-from moetopo.topology.sheaf import leading_input_directions, procrustes_maps
+from moetopo.topology.sheaf import procrustes_maps
 
 
 def synthetic_layer(n: int, dim: int, seed: int, shape: str = "gaussian") -> dict:

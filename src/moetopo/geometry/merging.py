@@ -39,7 +39,9 @@ class WeightMergeBarrier:
         return entry
 
     def __call__(self, experts: tuple[int, ...]) -> float:
-        members = [self._expert(e) for e in experts]
+        # members in one canonical order: floating-point sums depend on the order, and a
+        # barrier of a set must not depend on how the caller lists it
+        members = [self._expert(e) for e in sorted(set(experts))]
         combined = merged([w for w, _ in members])
         out = expert_output(combined, self.tokens, self.activation, self.limit)
         error = sum(float(np.sum((o - out) ** 2)) for _, o in members)

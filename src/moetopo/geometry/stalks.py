@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.sparse.linalg import svds
 
 from moetopo.checkpoint.experts import read_expert
 from moetopo.checkpoint.model import OpenModel
-from moetopo.topology.sheaf import leading_input_directions
+
+
+def leading_input_directions(w: np.ndarray, d: int) -> np.ndarray:
+    """(in_dim x d) orthonormal frame of the top-d right singular vectors of ``w``.
+
+    ``w`` is an expert's stacked gate/up rows, shape [rows, in_dim]: these directions of
+    the input space are the ones the expert responds to most. Large matrices use a
+    truncated SVD (ARPACK, fixed seed) so a frame costs a few passes over the weights.
+    """
+    w = np.asarray(w, dtype=np.float64)
+    if w.ndim != 2 or not 1 <= d <= min(w.shape):
+        raise ValueError(f"need a 2-D weight matrix with at least {d} rows and columns")
+    if min(w.shape) <= max(64, 4 * d):
+        return np.linalg.svd(w, full_matrices=False)[2][:d].T
+    _, sv, vt = svds(w, k=d, random_state=0)
+    return vt[np.argsort(-sv)].T
 
 
 def expert_frames(model: OpenModel, layer: int, d: int, max_rows: int, seed: int) -> np.ndarray:

@@ -20,25 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg, sparse
 from scipy.sparse.csgraph import breadth_first_order, connected_components
-from scipy.sparse.linalg import svds
 
 from moetopo.topology.complex import RipsComplex
-
-
-def leading_input_directions(w: np.ndarray, d: int) -> np.ndarray:
-    """(in_dim x d) orthonormal frame of the top-d right singular vectors of ``w``.
-
-    ``w`` is an expert's stacked gate/up rows, shape [rows, in_dim]: these directions of
-    the input space are the ones the expert responds to most. Large matrices use a
-    truncated SVD (ARPACK, fixed seed) so a frame costs a few passes over the weights.
-    """
-    w = np.asarray(w, dtype=np.float64)
-    if w.ndim != 2 or not 1 <= d <= min(w.shape):
-        raise ValueError(f"need a 2-D weight matrix with at least {d} rows and columns")
-    if min(w.shape) <= max(64, 4 * d):
-        return np.linalg.svd(w, full_matrices=False)[2][:d].T
-    _, sv, vt = svds(w, k=d, random_state=0)
-    return vt[np.argsort(-sv)].T
 
 
 def procrustes_maps(frames: np.ndarray, edges: np.ndarray) -> np.ndarray:
