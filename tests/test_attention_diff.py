@@ -383,6 +383,7 @@ def test_workflow_runs_a_pair_end_to_end(tmp_path):
     (tmp_path / "quick.yaml").write_text(
         f"models: {tmp_path / 'models.tsv'}\npairs: {tmp_path / 'pairs.tsv'}\n"
         "geometry: {sources: [router_l1]}\nprobe: {routing_tokens: 64}\n"
+        "cohomology: {hodge_signal: router_l1}\n"
         "attention_diff: {threshold: 0.01}\n"
     )
     config = [str(ROOT / "config" / "config.yaml"), str(tmp_path / "quick.yaml")]

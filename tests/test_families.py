@@ -24,7 +24,7 @@ from moetopo.fixtures.families import FAMILY_LAYOUTS, FAMILY_WRITERS, write_fami
 
 from conftest import gate_rows
 
-ISSUE_FAMILIES = (
+SUPPORTED_FAMILIES = (
     "mixtral",
     "phimoe",
     "minimax",
@@ -154,13 +154,13 @@ def test_a_layout_the_family_has_not_is_refused_before_anything_is_written(
     assert not (tmp_path / "m").exists()
 
 
-def test_every_issue_family_has_a_spec_a_writer_and_a_recipe():
+def test_every_supported_family_has_a_spec_a_writer_and_a_recipe():
     specs = load_families()
-    for family in ISSUE_FAMILIES:
+    for family in SUPPORTED_FAMILIES:
         assert SPEC_OF.get(family, family) in specs
         assert family in FAMILY_WRITERS
         assert family in RECIPES
-    assert set(FAMILY_WRITERS) == set(ISSUE_FAMILIES)
+    assert set(FAMILY_WRITERS) == set(SUPPORTED_FAMILIES)
 
 
 def test_every_spec_loads_and_conflicting_templates_are_refused():

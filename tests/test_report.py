@@ -605,6 +605,7 @@ def test_workflow_writes_the_report_and_snakemake_report_succeeds(tmp_path):
     (tmp_path / "quick.yaml").write_text(
         f"models: {tmp_path / 'models.tsv'}\npairs: {tmp_path / 'pairs.tsv'}\n"
         "geometry: {sources: [router_l1, coactivation]}\nprobe: {routing_tokens: 64}\n"
+        "cohomology: {hodge_signal: router_l1}\n"
         "conjecture: {n_resamples: 199, min_models: 3}\npairs_summary: {n_resamples: 199}\n"
     )
     config = [str(ROOT / "config" / "config.yaml"), str(tmp_path / "quick.yaml")]

@@ -59,7 +59,9 @@ def test_changing_a_parameter_reruns_its_stage_and_what_follows(small_run):
 
 def test_changing_an_engineering_knob_reruns_nothing(small_run):
     """streaming.chunk_mb bounds memory and changes no result, so it is no rule's param."""
-    assert planned_jobs(small_run, "--config", "streaming={chunk_mb: 64}") == {}
+    overlay = small_run / "small_chunks.yaml"
+    overlay.write_text("streaming: {chunk_mb: 64}\n")
+    assert planned_jobs(small_run, "--configfile", "config/config.yaml", str(overlay)) == {}
 
 
 def test_router_only_overlay_runs_every_stage(tmp_path):

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from scipy.cluster.hierarchy import leaves_list, linkage
 from scipy.spatial.distance import squareform
 
+from moetopo.artefacts.views import symmetric_matrix
 from moetopo.geometry.sources import SOURCES
 from moetopo.report.data import ModelData
 
@@ -133,13 +134,6 @@ def choose_layers(model: ModelData, spec: str, cap: int) -> list[int]:
     return sorted(chosen[:cap])
 
 
-def square(rows: pd.DataFrame) -> np.ndarray:
-    n = int(max(rows.i.max(), rows.j.max())) + 1
-    matrix = np.zeros((n, n))
-    matrix[rows.i.to_numpy(), rows.j.to_numpy()] = rows.distance.to_numpy()
-    return matrix + matrix.T
-
-
 def cluster_order(matrix: np.ndarray, method: str) -> np.ndarray:
     """Leaves of the hierarchical clustering, so near experts sit next to each other."""
     if len(matrix) < 3 or not np.isfinite(matrix).all():
@@ -167,7 +161,7 @@ def distance_heatmaps(model: ModelData, layers: Sequence[int], method: str) -> b
             rows = table[(table.layer == layer) & (table.source == source)]
             if rows.empty:
                 continue
-            matrix = square(rows)
+            matrix = symmetric_matrix(rows.i, rows.j, rows.distance)
             order = cluster_order(matrix, method)
             shown = matrix[np.ix_(order, order)]
             np.fill_diagonal(shown, np.nan)  # blank diagonal: the colour range is the pairs'

@@ -70,11 +70,6 @@ def write_sheets(root: Path, out_dir: Path, manifest: dict[str, Any], config_dir
                 w.writerow([m["base"], m["id"]])
 
 
-def read_tsv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh, delimiter="\t"))
-
-
 def verify(out_dir: Path) -> list[str]:
     """Differences between the manifest and the files on disk (empty when they agree)."""
     problems: list[str] = []
