@@ -477,3 +477,10 @@ def test_slot_buffers_reuse_their_memory_and_keep_the_two_slots_apart():
     assert np.shares_memory(again, a) and not np.shares_memory(a, b)
     grown = buffers.take(0, np.float64, (100,))
     assert grown.shape == (100,) and not np.shares_memory(grown, a)
+
+
+def test_the_header_entry_columns_are_the_registry_ones():
+    from moetopo.artefacts import columns
+    from moetopo.checkpoint.header import ENTRY_COLUMNS
+
+    assert columns("shard_header") == list(ENTRY_COLUMNS) == columns("inventory")[:6]

@@ -21,22 +21,19 @@ ROW_DIFF = [
     ("frobenius_base", F64),
     ("frobenius_diff", F64),
 ]
+# One stored tensor as its shard header gives it (moetopo.checkpoint.header.ENTRY_COLUMNS).
+HEADER_ENTRY = [
+    ("tensor", STR),
+    ("shard", STR),
+    ("dtype", STR),
+    ("shape", pa.list_(I64)),
+    ("offset_begin", I64),
+    ("offset_end", I64),
+]
 SCHEMAS: dict[str, list[tuple[str, pa.DataType]]] = {
-    "shard_header": [
-        ("tensor", STR),
-        ("shard", STR),
-        ("dtype", STR),
-        ("shape", pa.list_(I64)),
-        ("offset_begin", I64),
-        ("offset_end", I64),
-    ],
+    "shard_header": HEADER_ENTRY,
     "inventory": [
-        ("tensor", STR),
-        ("shard", STR),
-        ("dtype", STR),
-        ("shape", pa.list_(I64)),
-        ("offset_begin", I64),
-        ("offset_end", I64),
+        *HEADER_ENTRY,
         ("layer", I64),
         ("role", STR),
         ("expert", I64),
