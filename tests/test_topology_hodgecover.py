@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from scipy.spatial.distance import pdist, squareform
 
+from moetopo.stages.cohomology import topology_tables
 from moetopo.topology.complex import rips_complex
 from moetopo.topology.hodgecover import (
     group_representative_ranking,
@@ -16,6 +19,12 @@ from moetopo.topology.hodgecover import (
 from moetopo.topology.layer import TopologyParams, layer_topology
 
 TRIPLE = (0, 1, 2)
+
+
+def layer_tables(layer: int, distances, **inputs) -> SimpleNamespace:
+    """The cohomology stage's tables of one layer (what these tests read), and its summary."""
+    result = layer_topology(distances, **inputs)
+    return SimpleNamespace(**topology_tables(layer, result), summary=result.summary)
 
 
 def planted_layer(n: int = 16, seed: int = 0):
@@ -38,7 +47,7 @@ def test_planted_triple_keeps_two_members_where_load_keeps_none():
     d, load, merge_barrier = planted_layer()
     n = len(d)
     params = TopologyParams(keep_fractions=(0.25, 0.5), epsilon_quantiles=(0.3,))
-    out = layer_topology(0, {"function": d}, load=load, merge_barrier=merge_barrier, params=params)
+    out = layer_tables(0, {"function": d}, load=load, merge_barrier=merge_barrier, params=params)
     table = out.hodgecover
     for keep in (4, 8):  # 0.25 and 0.5 of 16
         rows = table[(table["keep"] == keep) & table["expert"].isin(TRIPLE)]
@@ -105,7 +114,7 @@ def test_load_and_group_rankings():
 
 def test_rankings_are_permutations_of_the_experts():
     d, load, merge_barrier = planted_layer(n=12, seed=3)
-    out = layer_topology(2, {"function": d}, load=load, merge_barrier=merge_barrier)
+    out = layer_tables(2, {"function": d}, load=load, merge_barrier=merge_barrier)
     for (_, _), rows in out.hodgecover.groupby(["method", "keep"]):
         assert sorted(rows["rank"]) == list(range(12))
         assert sorted(rows["expert"]) == list(range(12))

@@ -1,7 +1,9 @@
-"""The per-layer orchestration: DESIGN.md columns, consistency between parts, and invariance
+"""The per-layer topology: the artefacts' columns, consistency between parts, and invariance
 under relabelling the experts."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -10,10 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import pdist, squareform
 
+from moetopo.stages.cohomology import topology_tables
 from moetopo.topology.complex import rips_complex
 from moetopo.topology.layer import TopologyParams, layer_topology
 
 from _topology_cases import kernel_dim_l1
+
+
+def layer_tables(layer: int, distances, **inputs) -> SimpleNamespace:
+    """The cohomology stage's tables of one layer (what these tests read), and its summary."""
+    result = layer_topology(distances, **inputs)
+    return SimpleNamespace(**topology_tables(layer, result), summary=result.summary)
 
 
 def random_layer(n: int, seed: int):
@@ -42,7 +51,7 @@ PARAMS = TopologyParams(epsilon_quantiles=(0.3, 0.6), n_critical_edges=10_000, m
 
 
 def run(sources, coactivation, load, frames, params=PARAMS):
-    return layer_topology(
+    return layer_tables(
         5,
         sources,
         coactivation=coactivation,
@@ -84,8 +93,8 @@ def test_relabelling_experts_relabels_rows_and_changes_nothing_else(n, seed):
         return t.drop(columns="rank").sort_values(["source", "quantile", "tail", "head"])
 
     pd.testing.assert_frame_equal(
-        critical(base.critical_edges, np.arange(n)).reset_index(drop=True),
-        critical(moved.critical_edges, perm).reset_index(drop=True),
+        critical(base.hodge_edges, np.arange(n)).reset_index(drop=True),
+        critical(moved.hodge_edges, perm).reset_index(drop=True),
         rtol=1e-7,
         atol=1e-9,
     )
@@ -131,7 +140,7 @@ def test_tables_have_the_design_columns_and_consistent_figures():
 
 def test_without_optional_inputs_the_layer_still_answers_what_it_can():
     sources, *_ = random_layer(9, 1)
-    out = layer_topology(0, {"weight_cosine": sources["weight_cosine"]})
+    out = layer_tables(0, {"weight_cosine": sources["weight_cosine"]})
     assert out.sheaf.empty  # no frames: no stalks
     assert set(out.hodgecover["method"]) == {"hodgecover"}  # baselines need load
     assert (out.hodge["signal_source"] == "weight_cosine").all()  # fallback signal
@@ -139,7 +148,7 @@ def test_without_optional_inputs_the_layer_still_answers_what_it_can():
 
 def test_two_experts():
     d = np.array([[0.0, 2.0], [2.0, 0.0]])
-    out = layer_topology(1, {"function": d}, load=np.array([0.3, 0.7]))
+    out = layer_tables(1, {"function": d}, load=np.array([0.3, 0.7]))
     h0 = out.persistence[out.persistence["dim"] == 0]
     assert sorted(h0["death"]) == [2.0, np.inf]
     assert out.hodge["betti1"].tolist() == [0]
@@ -149,9 +158,9 @@ def test_two_experts():
 
 def test_bad_inputs_are_refused():
     with pytest.raises(ValueError):
-        layer_topology(0, {})
+        layer_tables(0, {})
     with pytest.raises(ValueError):
-        layer_topology(0, {"a": np.zeros((3, 3)), "b": np.zeros((4, 4))})
+        layer_tables(0, {"a": np.zeros((3, 3)), "b": np.zeros((4, 4))})
     sources, coactivation, load, frames = random_layer(6, 2)
     with pytest.raises(ValueError):
         run(sources, coactivation, load, frames[:, :, :1])
