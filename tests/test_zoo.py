@@ -74,7 +74,7 @@ def test_manifest_matches_files(manifest: dict[str, Any]) -> None:
         assert digests["config.json"] == hashlib.sha256(cfg).hexdigest()
 
 
-def test_zoo_covers_every_family_expert_count_top_k_and_a_fine_tune_domain(manifest: dict[str, Any]) -> None:
+def test_zoo_spans_families_expert_counts_top_k_and_fine_tunes(manifest: dict[str, Any]) -> None:
     models = manifest["models"]
     base = [m for m in models if not m.get("base")]
     assert len(base) >= 12 and {m["family"] for m in base} == set(FAMILIES)

@@ -1,4 +1,3 @@
-import pandas as pd
 from snakemake.utils import validate
 
 from moetopo.artefacts import TOPOLOGY_ARTEFACTS
@@ -8,23 +7,21 @@ from moetopo.geometry.sources import (
 )
 from moetopo.pipeline.config import check_config, result_params
 from moetopo.pipeline.pairs import PairSheet
-from moetopo.pipeline.models import ModelSheet
+from moetopo.pipeline.models import ModelSheet, read_sheet
 
 validate(config, schema="../schemas/config.schema.yaml")
 check_config(config)
 
-models = pd.read_csv(config["models"], sep="\t", dtype=str, comment="#").fillna("")
+models = read_sheet(config["models"])
 validate(models, schema="../schemas/models.schema.yaml")
-models = models.set_index("model", drop=False)
-
-SHEET = ModelSheet(models)
+SHEET = ModelSheet(models, config["models"])
 # Bytes a streaming job holds at once: a resource, not a param, so changing it re-runs
 # nothing (it changes no result).
 CHUNK_MB = config["streaming"]["chunk_mb"]
 
 
 wildcard_constraints:
-    model="[A-Za-z0-9_.-]+",
+    model="[A-Za-z0-9_][A-Za-z0-9_.-]*",
     shard="[^/]+",
     layer="[0-9]+",
 
@@ -144,13 +141,13 @@ def get_final_outputs():
 
 
 # Base/tuned pairs for the attention diff (pairs.smk).
-pairs = pd.read_csv(config["pairs"], sep="\t", dtype=str, comment="#").fillna("")
+pairs = read_sheet(config["pairs"])
 validate(pairs, schema="../schemas/pairs.schema.yaml")
 PAIRS = PairSheet(pairs, SHEET)
 
 
 wildcard_constraints:
-    pair="[A-Za-z0-9_.-]+--[A-Za-z0-9_.-]+",
+    pair="[A-Za-z0-9_][A-Za-z0-9_.-]*--[A-Za-z0-9_][A-Za-z0-9_.-]*",
 
 
 def get_pair_inventories(wildcards):

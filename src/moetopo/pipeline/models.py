@@ -14,15 +14,39 @@ import pandas as pd
 
 from moetopo.checkpoint.layout import ModelLayout, build_layout
 from moetopo.checkpoint.shards import ShardList, list_shards, open_checkpoint
+from moetopo.errors import MoetopoError
 
 MB = 1 << 20
+# results/<name>/ of these holds other artefacts than a model's
+RESERVED = {"pairs", "stats", "report"}
+
+
+def read_sheet(path: str | Path) -> pd.DataFrame:
+    """A tab-separated sheet read literally: no comment character (a ``#`` in a path is
+    part of the path), no values taken for missing ("NA" is a name), every cell a string."""
+    try:
+        return pd.read_csv(path, sep="\t", dtype=str, comment=None, keep_default_na=False)
+    except (OSError, ValueError) as exc:
+        raise MoetopoError(
+            f"sheet {path}: cannot be read as tab-separated columns ({exc})"
+        ) from exc
 
 
 class ModelSheet:
     """models.tsv with lazily parsed checkpoints."""
 
-    def __init__(self, table: pd.DataFrame):
-        self.table = table
+    def __init__(self, table: pd.DataFrame, sheet: str | Path = "models.tsv"):
+        names = table["model"]
+        twice = sorted(set(names[names.duplicated()]))
+        if twice:
+            raise MoetopoError(f"model sheet {sheet}: model {twice[0]!r} is listed twice")
+        clash = sorted(set(names) & RESERVED)
+        if clash:
+            raise MoetopoError(
+                f"model sheet {sheet}: model name {clash[0]!r} is reserved "
+                f"(results/{clash[0]}/ holds other artefacts); rename it"
+            )
+        self.table = table.set_index("model", drop=False)
         self._layouts: dict[str, ModelLayout] = {}
         self._listings: dict[str, ShardList] = {}
 
@@ -34,16 +58,13 @@ class ModelSheet:
         return str(Path(self.table.loc[model, "path"]))
 
     def family(self, model: str) -> str:
-        family = self.table.loc[model].get("family", "")
-        return family if isinstance(family, str) else ""
+        return self.table.loc[model].get("family", "")
 
     def score(self, model: str) -> str:
-        value = self.table.loc[model].get("score", "")
-        return value if isinstance(value, str) else ""
+        return self.table.loc[model].get("score", "")
 
     def routing_file(self, model: str) -> str:
-        value = self.table.loc[model].get("routing", "")
-        return value if isinstance(value, str) else ""
+        return self.table.loc[model].get("routing", "")
 
     def shards(self, model: str) -> list[str]:
         return list(self.listing(model).shards)

@@ -16,8 +16,6 @@ import pandas as pd
 from moetopo.errors import MoetopoError
 from moetopo.pipeline.models import MB, ModelSheet
 
-RESERVED = {"pairs"}  # results/pairs/ holds the pair artefacts
-
 
 class PairSheet:
     """The base/tuned pairs to diff, checked against the model sheet."""
@@ -25,9 +23,6 @@ class PairSheet:
     def __init__(self, table: pd.DataFrame, models: ModelSheet):
         self.models = models
         known = set(models.names)
-        clash = sorted(known & RESERVED)
-        if clash:
-            raise MoetopoError(f"model id {clash[0]!r} is reserved (results/pairs/); rename it")
         self.pairs: dict[str, tuple[str, str]] = {}
         for base, tuned in zip(table["base"], table["tuned"], strict=True):
             unknown = [m for m in (base, tuned) if m not in known]
