@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import signal
 import struct
 import subprocess
 import sys
@@ -484,3 +486,26 @@ def test_the_header_entry_columns_are_the_registry_ones():
     from moetopo.checkpoint.header import ENTRY_COLUMNS
 
     assert columns("shard_header") == list(ENTRY_COLUMNS) == columns("inventory")[:6]
+
+
+@pytest.mark.parametrize("as_model", [False, True])
+def test_a_fifo_is_refused_as_not_a_regular_file_without_blocking(tmp_path, as_model):
+
+    write_family(random_model(n_layers=1, n_experts=4), "mixtral", tmp_path / "m", n_shards=2)
+    shard = sorted((tmp_path / "m").glob("*.safetensors"))[0]
+    target = tmp_path / "pipe.safetensors" if as_model else shard
+    if not as_model:
+        shard.unlink()
+    os.mkfifo(target)
+
+    def blocked(*_):
+        raise TimeoutError("opening the checkpoint blocked on the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(20)
+    try:
+        with pytest.raises(CheckpointError, match="not a regular file"):
+            open_checkpoint(target if as_model else tmp_path / "m")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -121,6 +121,8 @@ def read_shard_header(path: str | Path, shard: str | None = None) -> ShardHeader
     """Parse and validate the header of ``path``; ``shard`` is the name recorded for it."""
     path = Path(path)
     shard = shard if shard is not None else path.name
+    if path.exists() and not path.is_file():  # a FIFO would block the read forever
+        raise CheckpointError(path, "not a regular file (a FIFO, device or directory): refused")
     try:
         file_size = os.path.getsize(path)
         with open(path, "rb") as handle:

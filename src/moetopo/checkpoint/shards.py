@@ -58,6 +58,8 @@ def list_shards(path: str | Path) -> ShardList:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(path, "no such file or directory")
+    if not path.is_file() and not path.is_dir():
+        raise CheckpointError(path, "not a regular file or a directory (a FIFO or device)")
     if path.is_file():
         if path.suffix in PICKLE_SUFFIXES:
             raise CheckpointError(path, f"pickle checkpoint refused. {CONVERT_HINT}")
@@ -243,6 +245,8 @@ def _check_inside(root: Path, shard: str, named_by: Path) -> None:
 
 def _refuse_disguised_pickle(path: Path) -> None:
     """Explain an unparseable shard that is really a torch zip or a raw pickle."""
+    if not path.is_file():
+        return
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if magic.startswith(b"PK\x03\x04") or (
