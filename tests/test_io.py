@@ -509,3 +509,63 @@ def test_a_fifo_is_refused_as_not_a_regular_file_without_blocking(tmp_path, as_m
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def _shard_with_padding(path, pad: int = 16) -> bytes:
+    """A shard whose header JSON is followed by ``pad`` spaces, as writers align it."""
+    header = {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}
+    raw = json.dumps(header).encode() + b" " * pad
+    data = np.arange(4, dtype=np.float32).tobytes()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+    return raw
+
+
+@pytest.mark.parametrize(
+    "mutation, message",
+    [
+        ("length into padding", "belong to no tensor"),
+        ("gap", "leaves a gap"),
+        ("trailing bytes", "belong to no tensor"),
+        ("overlap", "overlaps tensor"),
+    ],
+)
+def test_byte_ranges_must_tile_the_data_section_as_safetensors_requires(
+    tmp_path, mutation, message
+):
+    from safetensors import safe_open
+
+    path = tmp_path / "m.safetensors"
+    raw = _shard_with_padding(path)
+    blob = path.read_bytes()
+    if mutation == "length into padding":  # still valid JSON; every tensor would read 8 off
+        blob = (len(raw) - 8).to_bytes(8, "little") + blob[8:]
+    elif mutation == "trailing bytes":
+        blob += b"\0" * 8
+    else:
+        entries = {
+            "gap": {"a": [0, 16], "b": [24, 24]},
+            "overlap": {"a": [0, 16], "b": [8, 12]},
+        }[mutation]
+        header = {
+            name: {"dtype": "F32", "shape": [(e - b) // 4], "data_offsets": [b, e]}
+            for name, (b, e) in entries.items()
+        }
+        raw = json.dumps(header).encode()
+        blob = len(raw).to_bytes(8, "little") + raw + np.zeros(6, np.float32).tobytes()
+    path.write_bytes(blob)
+    with pytest.raises(CheckpointError, match=message):
+        list(open_checkpoint(path).tensors)
+    with pytest.raises(Exception):  # noqa: B017 (the reference reader refuses it too)
+        safe_open(str(path), "numpy")
+
+
+def test_a_padded_header_is_read_as_safetensors_reads_it(tmp_path):
+    from safetensors import safe_open
+
+    path = tmp_path / "m.safetensors"
+    _shard_with_padding(path)
+    entry = open_checkpoint(path).tensors["a"]
+    with safe_open(str(path), "numpy") as handle:
+        expected = handle.get_tensor("a")
+    got = np.frombuffer(path.read_bytes()[entry.begin : entry.end], np.float32)
+    assert np.array_equal(got, expected)

@@ -176,7 +176,7 @@ def parse_header_bytes(raw: bytes, *, path: str | Path, shard: str, file_size: i
         tensors[name] = TensorEntry(
             name, shard, dtype, tuple(shape), data_start + begin, data_start + end
         )
-    _check_no_overlap(path, tensors.values())
+    _check_tiling(path, tensors.values(), data_start, file_size)
     return ShardHeader(
         shard=shard,
         file_size=file_size,
@@ -227,12 +227,28 @@ def _is_int_list(value) -> bool:
     )
 
 
-def _check_no_overlap(path, entries) -> None:
-    ranges = sorted((e.begin, e.end, e.name) for e in entries if e.end != e.begin)
-    for (begin0, end0, name0), (begin, end, name) in zip(ranges, ranges[1:], strict=False):
-        if begin < end0:
+def _check_tiling(path, entries, data_start: int, file_size: int) -> None:
+    """The byte ranges tile the data section exactly, as the safetensors format requires:
+    in offset order each starts where the previous ended, from the section's start to the
+    end of the file. A gap, an overlap or uncovered trailing bytes mean a corrupt header
+    (a header length moved into the header's padding would read every tensor off by a
+    few bytes), so the shard is refused rather than read."""
+    cursor, previous = data_start, None
+    for begin, end, name in sorted((e.begin, e.end, e.name) for e in entries):
+        if begin != cursor:
+            what = f"overlaps tensor {previous!r}" if begin < cursor else "leaves a gap after"
+            after = "the header" if previous is None else repr(previous)
             raise CheckpointError(
                 path,
-                f"byte range overlaps tensor {name0!r} ([{begin}, {end}) vs [{begin0}, {end0}))",
+                f"byte range [{begin - data_start}, {end - data_start}) "
+                + (what if begin < cursor else f"{what} {after}")
+                + f" (the previous range ends at {cursor - data_start}): corrupt header",
                 tensor=name,
             )
+        cursor, previous = end, name
+    if cursor != file_size:
+        raise CheckpointError(
+            path,
+            f"{file_size - cursor} bytes at the end of the data section belong to no tensor: "
+            "corrupt header length or header",
+        )
