@@ -569,3 +569,24 @@ def test_a_padded_header_is_read_as_safetensors_reads_it(tmp_path):
         expected = handle.get_tensor("a")
     got = np.frombuffer(path.read_bytes()[entry.begin : entry.end], np.float32)
     assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"architectures": {"a": 1}}, "architectures is {'a': 1}, not a list of names"),
+        ({"architectures": [1]}, "architectures is \\[1\\], not a list of names"),
+        ({"model_type": ["x"]}, "model_type is \\['x'\\], not a name"),
+        ({"text_config": "x"}, "text_config is 'x', not an object"),
+        ({"text_config": {"model_type": 3}}, "text_config.model_type is 3, not a name"),
+        ({"num_hidden_layers": 10**12}, "num_hidden_layers = 1000000000000 is not a layer count"),
+        ({"num_hidden_layers": -2}, "is not a layer count"),
+    ],
+)
+def test_config_json_values_are_checked_by_type_and_range_before_use(tmp_path, override, message):
+    write_family(random_model(n_layers=2, n_experts=4), "mixtral", tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text()) | override
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=message) as caught:
+        open_model(tmp_path)
+    assert str(tmp_path / "config.json") in str(caught.value)

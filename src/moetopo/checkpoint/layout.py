@@ -22,6 +22,8 @@ from moetopo.families.moe_rules import config_int, config_value, predicted_moe_l
 from moetopo.families.spec import EXPERT_ROLES, Template, skeleton
 from moetopo.families.structural import structural_spec
 
+# Far above any model's depth, far below what a list of layers can hold.
+MAX_LAYERS = 100_000
 _ANY_LAYER = re.compile(r"(?:^|\.)(?:layers|blocks|block|blk|h)\.(\d+)\.")
 log = logging.getLogger(__name__)
 
@@ -124,7 +126,7 @@ def build_layout(
     logical = logical_tensors(checkpoint.tensors)
     spec, detected_by = _family(config, logical, family, warnings, checkpoint)
     roles = {name: _classify(spec, name) for name in logical}
-    stacks, offsets = _stacks(spec, config, roles)
+    stacks, offsets = _stacks(spec, config, roles, checkpoint.root / "config.json")
     n_layers = sum(s["n_layers"] for s in stacks)
     roles = _placed(roles, offsets, n_layers, single_stack=len(spec.stacks) == 1)
     unmatched = [
@@ -227,12 +229,17 @@ def _classify(spec: FamilySpec, name: str) -> TensorRole:
     return TensorRole(name, "other", int(found.group(1)) if found else None, None, None)
 
 
-def _stacks(spec: FamilySpec, config: dict, roles) -> tuple[list[dict], dict[str, int]]:
+def _stacks(spec: FamilySpec, config: dict, roles, path) -> tuple[list[dict], dict[str, int]]:
     """Layer counts and id offsets per stack (decoder layers numbered after the encoder's)."""
     stacks, offsets, start = [], {}, 0
     for stack in spec.stacks:
-        count = config_value(config, stack.n_layers)
-        if not isinstance(count, int):  # no count in config.json: the highest layer seen
+        count = config_int(config, stack.n_layers)
+        if count is not None and not 0 <= count <= MAX_LAYERS:
+            raise CheckpointError(
+                path,
+                f"{' / '.join(stack.n_layers)} = {count} is not a layer count (0-{MAX_LAYERS})",
+            )
+        if count is None:  # no count in config.json: the highest layer seen
             seen = [
                 r.layer
                 for r in roles.values()
@@ -372,7 +379,8 @@ def _layer_top_k(spec, config, layer, n_experts, warnings) -> int:
     if value is None:
         value = spec.defaults.get("top_k")
     if not isinstance(value, int) or value < 1:
-        warnings.append(f"top-k not found in config.json; assuming 1 for layer {layer}")
+        found = "not found" if value is None else f"{value!r} is no count"
+        warnings.append(f"top-k {found} in config.json; assuming 1 for layer {layer}")
         return 1
     return min(value, n_experts)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from moetopo.checkpoint.header import ShardHeader, TensorEntry, gc_paused, read_shard_header
 from moetopo.errors import CheckpointError
+from moetopo.families.moe_rules import SUB_CONFIGS
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 CONVERT_HINT = (
@@ -103,7 +104,24 @@ def read_config(root: Path) -> dict:
         raise CheckpointError(config_path, f"config.json is not readable JSON ({exc})") from exc
     if not isinstance(config, dict):
         raise CheckpointError(config_path, "config.json is not a JSON object")
+    _check_identity(config, config_path)
     return config
+
+
+def _check_identity(config: dict, path: Path, scope: str = "") -> None:
+    """The keys that name the model must have their types (family detection reads them):
+    ``architectures`` a list of names, ``model_type`` a name, sub-configs objects."""
+    archs = config.get("architectures")
+    if archs is not None and not (isinstance(archs, list) and all(type(a) is str for a in archs)):
+        raise CheckpointError(path, f"{scope}architectures is {archs!r}, not a list of names")
+    kind = config.get("model_type")
+    if kind is not None and type(kind) is not str:
+        raise CheckpointError(path, f"{scope}model_type is {kind!r}, not a name")
+    for sub in SUB_CONFIGS if not scope else ():
+        if config.get(sub) is not None:
+            if not isinstance(config[sub], dict):
+                raise CheckpointError(path, f"{sub} is {config[sub]!r}, not an object")
+            _check_identity(config[sub], path, f"{sub}.")
 
 
 @gc_paused()
