@@ -590,3 +590,49 @@ def test_config_json_values_are_checked_by_type_and_range_before_use(tmp_path, o
     with pytest.raises(CheckpointError, match=message) as caught:
         open_model(tmp_path)
     assert str(tmp_path / "config.json") in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors.index.json"])
+def test_a_config_or_index_linking_outside_the_model_is_refused(tmp_path, name):
+    model = tmp_path / "model"
+    _two_shards(model)
+    if name == "config.json":
+        (model / name).write_text("{}")
+    outside = tmp_path / "elsewhere.json"
+    (model / name).rename(outside)
+    (model / name).symlink_to(outside)
+    with pytest.raises(CheckpointError, match="symlink leaves it"):
+        open_checkpoint(model)
+
+
+def test_a_hub_cache_whose_blobs_folder_links_elsewhere_is_refused(tmp_path):
+    repo = tmp_path / "models--org--tiny"
+    snapshot = repo / "snapshots" / "abc123"
+    _, index = _two_shards(snapshot)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (repo / "blobs").symlink_to(elsewhere)
+    for i, shard in enumerate(sorted(set(index["weight_map"].values()))):
+        (snapshot / shard).rename(elsewhere / f"blob{i}")
+        (snapshot / shard).symlink_to(f"../../blobs/blob{i}")
+    with pytest.raises(CheckpointError, match="symlink leaves it"):
+        open_checkpoint(snapshot)
+
+
+def test_an_artefact_has_the_umask_permissions_and_stale_temporaries_go(tmp_path):
+    from moetopo.artefacts import write_json
+
+    target = tmp_path / "out" / "model.json"
+    target.parent.mkdir()
+    stale = target.parent / ".model.json.k3j2.tmp"  # as a SIGKILLed writer leaves it
+    stale.write_text("half")
+    other = target.parent / ".other.json.x.tmp"
+    other.write_text("another artefact's")
+    previous = os.umask(0o022)
+    try:
+        write_json({"a": 1}, target)
+    finally:
+        os.umask(previous)
+    assert target.stat().st_mode & 0o777 == 0o644
+    assert not stale.exists() and other.exists()
+    assert sorted(p.name for p in target.parent.iterdir()) == [".other.json.x.tmp", "model.json"]

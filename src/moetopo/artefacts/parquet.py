@@ -8,6 +8,7 @@ leaves a file that looks finished.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -27,17 +28,31 @@ from moetopo.artefacts.registry import SORT_KEYS, schema
 META_KEY = b"moetopo"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path beside ``path``; rename it into place only on success."""
+    """Yield a temporary path beside ``path``; rename it into place only on success.
+
+    Temporary files a killed writer of the same artefact left behind are removed first
+    (Snakemake runs one job per output, so none is still being written), and the file
+    gets the permissions of the user's umask, as any other tool's output does.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -75,6 +75,7 @@ def list_shards(path: str | Path) -> ShardList:
             raise CheckpointError(path, f"several safetensors indexes ({names}); keep one")
         indexes = [preferred]
     if indexes:
+        _check_inside(path, indexes[0].name, indexes[0])
         weight_map = _read_weight_map(indexes[0])
         shards = tuple(sorted(set(weight_map.values())))
         for shard in shards:
@@ -98,6 +99,7 @@ def read_config(root: Path) -> dict:
     config_path = root / "config.json"
     if not config_path.exists():
         return {}
+    _check_inside(root, "config.json", config_path)
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -246,18 +248,22 @@ def _check_index(
 
 
 def _check_inside(root: Path, shard: str, named_by: Path) -> None:
-    """A shard must resolve inside the model directory (or its own hub-cache blobs)."""
+    """A file of the model (shard, index, config.json) must resolve inside the model
+    directory, or into its own Hugging Face cache repository's ``blobs/`` (snapshot files
+    link to ../../blobs/<hash>), where ``blobs`` is a real folder of that repository, not
+    a link elsewhere."""
     if Path(shard).is_absolute() or ".." in Path(shard).parts:
         raise CheckpointError(named_by, f"shard path {shard!r} points outside the model directory")
     target = (root / shard).resolve()
     allowed = [root.resolve()]
-    if root.parent.name == "snapshots":  # Hugging Face cache: snapshot files link to ../../blobs
-        allowed.append((root.parent.parent / "blobs").resolve())
+    if root.parent.name == "snapshots":
+        repo = root.parent.parent.resolve()
+        if (repo / "blobs").resolve() == repo / "blobs":
+            allowed.append(repo / "blobs")
     if not any(target.is_relative_to(a) for a in allowed):
         raise CheckpointError(
             named_by,
-            f"shard {shard!r} resolves to {target}, outside the model directory "
-            "(a symlink leaves it)",
+            f"{shard!r} resolves to {target}, outside the model directory (a symlink leaves it)",
         )
 
 
