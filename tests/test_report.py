@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -635,3 +636,25 @@ def test_workflow_writes_the_report_and_snakemake_report_succeeds(tmp_path):
     names = zipfile.ZipFile(archive).namelist()
     assert any(n.endswith("headline.png") for n in names)
     assert any(n.endswith("conjecture-model.tsv") for n in names)
+
+
+def test_markdown_never_passes_names_through_as_html():
+    from moetopo.report.doc import Bullets, Details, Figure, Heading, Para, Pre, Table
+    from moetopo.report.markdown import render_markdown
+
+    evil = "<script>alert(1)</script>"
+    blocks = [
+        Heading(2, evil),
+        Para(evil),
+        Para(evil, "verdict"),
+        Bullets([evil]),
+        Table([evil], [[evil]], caption=evil),
+        Figure("figures/x.png", b"", evil),
+        Details(evil, [Para(evil)]),
+        Pre(f"```\n{evil}\n````"),
+    ]
+    text = render_markdown(blocks)
+    outside_code = re.split(r"`{5}yaml\n.*?\n`{5}", text, flags=re.S)
+    assert len(outside_code) == 2  # the fence outgrew the backticks inside it
+    assert all("<script" not in part for part in outside_code)
+    assert text.count("&lt;script>") == 11  # each place a name can stand
