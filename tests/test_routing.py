@@ -182,3 +182,17 @@ def test_captured_file_errors_are_clear(tmp_path, mixtral):
         routing_tables(model, gates, 16, 0, captured=str(bad))
     with pytest.raises(MoetopoError, match="does not exist"):
         load_captured(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize("content", ["pickled", "not a zip"])
+def test_a_captured_file_with_pickles_or_garbage_is_a_clear_error(tmp_path, content):
+    from moetopo.checkpoint.probes import load_captured
+    from moetopo.errors import MoetopoError
+
+    path = tmp_path / "logits.npz"
+    if content == "pickled":
+        np.savez(path, layer_0=np.array([{"a": 1}], dtype=object))
+    else:
+        path.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(MoetopoError, match=f"{path}: cannot read captured router logits"):
+        load_captured(path)

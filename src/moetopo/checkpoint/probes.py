@@ -8,6 +8,7 @@ hidden states. Captured logits (per layer, tokens x experts) replace it when giv
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +127,7 @@ def load_captured(path: str | Path) -> tuple[dict[int, np.ndarray], np.ndarray |
             return _load_npz(path)
         if path.suffix == ".parquet":
             return _load_parquet(path)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise MoetopoError(f"{path}: cannot read captured router logits ({exc})") from exc
     raise MoetopoError(f"{path}: captured router logits must be .npz or .parquet")
 
