@@ -636,3 +636,14 @@ def test_an_artefact_has_the_umask_permissions_and_stale_temporaries_go(tmp_path
     assert target.stat().st_mode & 0o777 == 0o644
     assert not stale.exists() and other.exists()
     assert sorted(p.name for p in target.parent.iterdir()) == [".other.json.x.tmp", "model.json"]
+
+
+def test_a_zero_element_tensor_with_a_dimension_beyond_int64_is_refused(tmp_path):
+    """Zero elements fit an empty byte range whatever the other dimension, so the size
+    check alone would pass a shape numpy cannot hold."""
+    header = {"a": {"dtype": "F32", "shape": [0, 2**64 + 1], "data_offsets": [0, 0]}}
+    raw = json.dumps(header).encode()
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw)
+    with pytest.raises(CheckpointError, match="not a list of sizes"):
+        open_checkpoint(path)

@@ -145,12 +145,21 @@ def read_shard_header(path: str | Path, shard: str | None = None) -> ShardHeader
     return parse_header_bytes(raw, path=path, shard=shard, file_size=file_size)
 
 
+# A dimension numpy (and the safetensors format's u64 arithmetic) can hold; a zero-element
+# tensor would otherwise pass the size check with any other dimension.
+MAX_DIM = 1 << 63
+
+
 def parse_header_bytes(raw: bytes, *, path: str | Path, shard: str, file_size: int) -> ShardHeader:
     """Validate a raw JSON header against the size of the file it came from."""
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # ValueError: JSON, or an int too long
         raise CheckpointError(path, f"header is not valid JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise CheckpointError(
+            path, "header nests JSON too deeply to be a safetensors header"
+        ) from exc
     if not isinstance(header, dict):
         raise CheckpointError(path, "header is JSON but not an object of tensors")
     data_start = 8 + len(raw)
@@ -164,7 +173,7 @@ def parse_header_bytes(raw: bytes, *, path: str | Path, shard: str, file_size: i
             dtype, shape, (begin, end) = spec["dtype"], spec["shape"], spec["data_offsets"]
             size = ITEMSIZE[dtype]
             for d in shape:
-                if type(d) is not int or d < 0:
+                if type(d) is not int or not 0 <= d < MAX_DIM:
                     raise TypeError
                 size *= d
             ok = type(begin) is int and type(end) is int and 0 <= begin <= end <= data_size
@@ -191,13 +200,15 @@ def _entry(path, shard, name, spec, data_start: int, data_size: int) -> TensorEn
     if not isinstance(spec, dict):
         raise CheckpointError(path, "header entry is not an object", tensor=name)
     dtype = spec.get("dtype")
-    if dtype not in ITEMSIZE:
+    if type(dtype) is not str or dtype not in ITEMSIZE:
         known = ", ".join(sorted(ITEMSIZE))
         raise CheckpointError(path, f"unknown dtype {dtype!r} (supported: {known})", tensor=name)
     shape = spec.get("shape")
     offsets = spec.get("data_offsets")
-    if not _is_int_list(shape) or any(d < 0 for d in shape):
-        raise CheckpointError(path, f"shape {shape!r} is not a list of sizes", tensor=name)
+    if not _is_int_list(shape) or any(not 0 <= d < MAX_DIM for d in shape):
+        raise CheckpointError(
+            path, f"shape {shape!r} is not a list of sizes (0 to 2^63 - 1)", tensor=name
+        )
     if not _is_int_list(offsets) or len(offsets) != 2:
         raise CheckpointError(path, f"data_offsets {offsets!r} is not [begin, end]", tensor=name)
     begin, end = offsets

@@ -60,10 +60,13 @@ class TensorReader:
             scales = self._raw(lt.scale, lead, rows)
             return dequantize_mxfp4(blocks, scales).astype(dtype, copy=False)
         if lt.kind == "fp8" and lt.scale is not None and len(lead) < len(lt.shape) - 2:
-            if rows is not None:
-                return np.stack([self.read(name, lead + (i,), None, dtype) for i in range(*rows)])
-            n = lt.shape[len(lead)]
-            return np.stack([self.read(name, lead + (i,), None, dtype) for i in range(n)])
+            # one leading index at a time, so each meets its own block scales
+            indices = range(*rows) if rows is not None else range(lt.shape[len(lead)])
+            inner = lt.shape[len(lead) + 1 :]
+            out = np.empty((len(indices), *inner), dtype=dtype)
+            for k, i in enumerate(indices):
+                out[k] = self.read(name, lead + (i,), None, dtype)
+            return out
         values = self._raw(lt.data, lead, rows, dtype=np.float32 if lt.kind == "fp8" else dtype)
         if lt.kind == "fp8" and lt.scale is not None:
             values = self._scale_fp8(lt, values, lead, rows)
