@@ -5,42 +5,53 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+from hypothesis import assume
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from scipy.sparse.csgraph import shortest_path
 from scipy.spatial.distance import pdist, squareform
 
 from moetopo.topology.complex import RipsComplex, boundary_matrices
 
 
-def euclidean(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
-    return squareform(pdist(rng.normal(size=(n, dim))))
+def float32s(low: float, high: float) -> st.SearchStrategy[float]:
+    """Float32 values in [low, high] (bounds rounded to float32), never subnormal."""
+    return st.floats(
+        float(np.float32(low)), float(np.float32(high)), width=32, allow_subnormal=False
+    )
 
 
-def graph_metric(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Shortest-path metric of random positive weights on the complete graph."""
-    w = rng.uniform(0.1, 1.0, size=(n, n))
-    return shortest_path(np.triu(w, 1) + np.triu(w, 1).T, directed=False)
-
-
-def dissimilarity(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Symmetric, zero diagonal, no triangle inequality: Rips does not need one."""
-    w = np.triu(rng.uniform(0.1, 1.0, size=(n, n)), 1)
-    return w + w.T
+# Coordinates and weights are float32 values (distances are computed in float64): distinct
+# float32 values stay distinct where ripser rounds distances to float32.
+coordinates = float32s(-1.0, 1.0)
+weights = float32s(0.1, 1.0)
 
 
 @st.composite
 def distance_matrices(draw, min_n: int = 4, max_n: int = 14) -> np.ndarray:
-    """Euclidean clouds, graph metrics or bare dissimilarities. Everything is drawn from one
-    seeded generator: hypothesis' own integers crowd at the bounds (n = 4, tiny complexes)."""
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    n = int(rng.integers(min_n, max_n + 1))
-    kind = rng.choice(["euclidean", "graph", "dissimilarity"])
+    """Euclidean clouds, graph metrics or bare dissimilarities on ``min_n`` to ``max_n``
+    points: symmetric, zero on the diagonal, finite and positive off it (at least 1e-3 of
+    the largest distance, so no two points nearly coincide).
+
+    The cloud or the weights are drawn as arrays of distinct entries (unique=True, so
+    that hypothesis draws every entry rather than filling most with one value), and a
+    failure shrinks to fewer points with simpler coordinates.
+    """
+    n = draw(st.integers(min_n, max_n))
+    kind = draw(st.sampled_from(["euclidean", "graph", "dissimilarity"]))
     if kind == "euclidean":
-        return euclidean(rng, n, int(rng.integers(2, 5)))
-    return graph_metric(rng, n) if kind == "graph" else dissimilarity(rng, n)
+        dim = draw(st.integers(2, 4))
+        points = draw(hnp.arrays(np.float64, (n, dim), elements=coordinates, unique=True))
+        d = squareform(pdist(points))
+        off = d[np.triu_indices(n, 1)]
+        assume(off.min() >= 1e-3 * off.max())
+        return d
+    w = squareform(draw(hnp.arrays(np.float64, n * (n - 1) // 2, elements=weights, unique=True)))
+    # shortest paths of positive weights on the complete graph: a metric
+    return shortest_path(w, directed=False) if kind == "graph" else w
 
 
-scales = st.integers(0, 2**32 - 1).map(lambda s: np.random.default_rng(s).uniform(0.1, 0.6))
+scales = st.floats(0.1, 0.6)
 """Positions for :func:`midpoint_scale`, in the range of pairwise distances where H1 lives."""
 
 

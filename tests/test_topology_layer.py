@@ -8,15 +8,17 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from scipy.spatial.distance import pdist, squareform
 
 from moetopo.stages.cohomology import topology_tables
 from moetopo.topology.complex import rips_complex
 from moetopo.topology.layer import TopologyParams, layer_topology
+from moetopo.topology.sheaf import procrustes_maps
 
-from _topology_cases import kernel_dim_l1
+from _topology_cases import coordinates, float32s, kernel_dim_l1
 
 
 def layer_tables(layer: int, distances, **inputs) -> SimpleNamespace:
@@ -37,6 +39,36 @@ def random_layer(n: int, seed: int):
     frames = np.stack([np.linalg.qr(rng.normal(size=(6, 2)))[0] for _ in range(n)])
     load = rng.dirichlet(np.ones(n))
     return sources, coactivation, load, frames
+
+
+@st.composite
+def drawn_layers(draw, min_n: int = 5, max_n: int = 14):
+    """What :func:`random_layer` returns, drawn as arrays (hypothesis.extra.numpy) so that
+    a failure shrinks.
+
+    Entries are distinct (unique=True), as random values are: a tie lets an arbitrary
+    order decide which experts a cover keeps, and frames with repeated entries (standard
+    basis vectors, copies of one frame) give rank-deficient F_j^T F_i, whose nearest
+    rotation is not unique (see the known failure below).
+    """
+    n = draw(st.integers(min_n, max_n))
+
+    def distinct(*shape, elements=coordinates):
+        return draw(hnp.arrays(np.float64, shape, elements=elements, unique=True))
+
+    points, noise = distinct(n, 5), distinct(n, 5)
+    function = squareform(pdist(points))
+    off = function[np.triu_indices(n, 1)]
+    assume(off.min() >= 1e-3 * off.max())  # no two experts (nearly) coincide
+    tilted = points + 0.5 * noise
+    assume(np.linalg.norm(tilted, axis=1).min() >= 1e-3)  # cosine needs non-zero rows
+    sources = {"function": function, "weight_cosine": squareform(pdist(tilted, "cosine"))}
+    upper = squareform(distinct(n * (n - 1) // 2, elements=float32s(1e-3, 1.0)))
+    absent = squareform(draw(hnp.arrays(bool, n * (n - 1) // 2)))  # pairs never co-routed
+    coactivation = np.where(absent, 0.0, upper)
+    frames = np.linalg.qr(distinct(n, 6, 2))[0]
+    load = distinct(n, elements=float32s(1e-3, 1.0))
+    return sources, coactivation, load / load.sum(), frames
 
 
 def barrier_of(d: np.ndarray):
@@ -63,10 +95,11 @@ def run(sources, coactivation, load, frames, params=PARAMS):
 
 
 @settings(max_examples=12, deadline=None)
-@given(n=st.integers(5, 14), seed=st.integers(0, 10_000))
-def test_relabelling_experts_relabels_rows_and_changes_nothing_else(n, seed):
-    sources, coactivation, load, frames = random_layer(n, seed)
-    perm = np.random.default_rng(seed + 1).permutation(n)  # new expert a is old perm[a]
+@given(layer=drawn_layers(), data=st.data())
+def test_relabelling_experts_relabels_rows_and_changes_nothing_else(layer, data):
+    sources, coactivation, load, frames = layer
+    n = len(load)
+    perm = np.array(data.draw(st.permutations(range(n)), label="perm"))  # new a is old perm[a]
     base = run(sources, coactivation, load, frames)
     moved = run(
         {k: d[np.ix_(perm, perm)] for k, d in sources.items()},
@@ -104,6 +137,26 @@ def test_relabelling_experts_relabels_rows_and_changes_nothing_else(n, seed):
         base.hodgecover.sort_values(key).reset_index(drop=True),
         cover.sort_values(key).reset_index(drop=True),
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="procrustes_maps takes the polar factor of F_j^T F_i from an SVD; when that "
+    "product is rank-deficient the factor is not unique, and reversing the edge (as "
+    "relabelling the experts can) yields another map than the transpose",
+)
+def test_reversing_an_edge_transposes_its_procrustes_map_for_rank_deficient_frames():
+    """Found by the relabelling property on drawn frames. F_0 = [e1, e2] and F_1 = [e3,
+    cos(t) e1 + sin(t) e2] make F_1^T F_0 of rank 1; which angles t give a rotation one
+    way and a reflection the other depends on the LAPACK SVD (here three of these eight
+    angles do), so one angle per octant is tried."""
+    e = np.eye(6)
+    for t in np.deg2rad(np.arange(8) * 45 + 8):
+        tilted = np.cos(t) * e[:, 0] + np.sin(t) * e[:, 1]
+        frames = np.stack([e[:, [0, 1]], np.column_stack([e[:, 2], tilted])])
+        forward = procrustes_maps(frames, np.array([[0, 1]]))[0]
+        backward = procrustes_maps(frames, np.array([[1, 0]]))[0]
+        np.testing.assert_allclose(backward, forward.T, atol=1e-12, err_msg=f"t = {t}")
 
 
 def test_tables_have_the_design_columns_and_consistent_figures():
