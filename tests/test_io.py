@@ -647,3 +647,27 @@ def test_a_zero_element_tensor_with_a_dimension_beyond_int64_is_refused(tmp_path
     path.write_bytes(len(raw).to_bytes(8, "little") + raw)
     with pytest.raises(CheckpointError, match="not a list of sizes"):
         open_checkpoint(path)
+
+
+def test_reopening_from_an_inventory_refuses_a_shard_that_changed_since(tmp_path):
+    from moetopo.artefacts import write_table
+    from moetopo.artefacts.reopen import checkpoint_from_inventory, reopen_model
+    from moetopo.stages.inventory import merge_inventory
+    from moetopo.stages.inventory_shard import shard_rows
+
+    model = write_family(
+        random_model(n_layers=2, n_experts=4), "mixtral", tmp_path / "m", n_shards=2
+    )
+    frames = [shard_rows(p) for p in sorted(model.glob("*.safetensors"))]
+    columns, summary, _ = merge_inventory(model, frames)
+    inventory = tmp_path / "inventory.parquet"
+    write_table(columns, inventory, "inventory", extra={"shards": summary["shards"]})
+    reopened = reopen_model(model, None, inventory)
+    assert reopened.checkpoint.tensors == open_checkpoint(model).tensors
+    routers = {reopened.layout.layers[layer].router for layer in reopened.layout.moe_layers}
+    assert set(checkpoint_from_inventory(model, inventory, routers).tensors) == routers
+    shard = sorted(model.glob("*.safetensors"))[1]
+    with open(shard, "ab") as handle:
+        handle.write(b"\0" * 8)
+    with pytest.raises(CheckpointError, match="the checkpoint changed since"):
+        reopen_model(model, None, inventory)
