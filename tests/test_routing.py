@@ -196,3 +196,30 @@ def test_a_captured_file_with_pickles_or_garbage_is_a_clear_error(tmp_path, cont
         path.write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(MoetopoError, match=f"{path}: cannot read captured router logits"):
         load_captured(path)
+
+
+def test_captured_logits_already_hold_the_router_bias(tmp_path):
+    """gpt-oss's router is a linear with a bias: what the capture records includes it, so
+    routing adds it once, as the model does, not a second time."""
+    tiny = random_model(n_layers=2, n_experts=6, top_k=2, seed=4)
+    model = open_model(write_family(tiny, "gpt_oss", tmp_path / "m"))
+    gates = gates_from_rows(gate_rows(model)[0])
+    ids = np.arange(64) % tiny.vocab
+    x = normalised_embeddings(model, ids).astype(np.float64)
+    arrays, expected = {}, {}
+    rng = np.random.default_rng(0)
+    for layer in model.layout.moe_layers:
+        assert gates[layer].bias is not None  # the family's router has a logit bias
+        bias = rng.normal(0.0, 2.0, 6)  # large enough to decide which experts win
+        gate = gates[layer] = type(gates[layer])(gates[layer].weight, bias, None)
+        logits = x @ gate.weight.T + gate.bias  # the router linear's output
+        arrays[f"layer_{layer}"] = logits.astype(np.float32)
+        rule = RoutingRule.from_summary(model.layout.routing, top_k=2)
+        routed = route(arrays[f"layer_{layer}"].astype(np.float64), rule, None, None)
+        expected[layer] = np.bincount(routed.experts.ravel(), minlength=6) / len(ids)
+    path = tmp_path / "logits.npz"
+    np.savez(path, token_ids=ids, **arrays)
+    routing, _, _ = routing_tables(model, gates, 64, 0, captured=str(path)).tables()
+    for layer, load in expected.items():
+        got = routing[routing.layer == layer].sort_values("expert").load.to_numpy()
+        np.testing.assert_allclose(got, load)

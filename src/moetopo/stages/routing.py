@@ -64,7 +64,10 @@ def routing_tables(
             )
         probe = route(probe_x @ weight.T, rule, bias, selection)
         if layer in logits_by_layer:
-            used, source = route(logits_by_layer[layer], rule, bias, selection), "captured"
+            # captured logits are the router's output, its linear's bias already in them;
+            # a selection bias (DeepSeek's correction) is outside the linear and still added
+            used = route(logits_by_layer[layer], rule, None, selection)
+            source = "captured"
             reference = (
                 route(same_x @ weight.T, rule, bias, selection) if same_x is not None else probe
             )
