@@ -58,3 +58,31 @@ def test_selected_experts_equal_transformers(name, tmp_path):
         theirs = indices.numpy()
         same = [set(a) == set(b) for a, b in zip(ours.experts, theirs, strict=True)]
         assert np.mean(same) == 1.0, f"layer {layer}: {np.mean(same):.4f} of tokens agree"
+
+
+@pytest.mark.parametrize("method", ["greedy", "group_limited_greedy"])
+def test_deepseek_v2_topk_method_selects_as_transformers_router(tmp_path, method):
+    """DeepSeek-V2's greedy ignores n_group and topk_group; group_limited_greedy keeps the
+    topk_group groups with the best single score. Checked token by token against the
+    router module transformers runs, on 2,048 random hidden states."""
+    from moetopo.fixtures import random_model, write_family
+
+    overrides = {"n_group": 4, "topk_group": 2, "topk_method": method}
+    tiny = random_model(n_layers=2, n_experts=16, top_k=3, seed=7)
+    path = write_family(tiny, "deepseek_v2", tmp_path, config_overrides=overrides)
+    summary = inspect_model(path)
+    assert summary["routing"]["topk_method"] == method
+    layer = summary["moe_layers"][0]
+    config = transformers.AutoConfig.from_pretrained(path)
+    router = transformers.models.deepseek_v2.modeling_deepseek_v2.DeepseekV2TopkRouter(config)
+    weight = torch.randn(16, config.hidden_size)
+    router.weight.data = weight
+    hidden = torch.randn(2048, config.hidden_size)
+    with torch.no_grad():
+        logits, _, indices = router(hidden)
+    rule = RoutingRule.from_summary(
+        summary["routing"], top_k=summary["layers"][str(layer)]["top_k"]
+    )
+    ours = route(logits.numpy().astype(np.float64), rule)
+    same = [set(a) == set(b) for a, b in zip(ours.experts, indices.numpy(), strict=True)]
+    assert np.mean(same) == 1.0, f"{np.mean(same):.4f} of tokens agree"

@@ -400,6 +400,12 @@ def _routing(spec: FamilySpec, config: dict, first: MoELayer) -> dict:
     for k in keys:
         if params[k] is None:
             params[k] = spec.defaults.get(k)
+    # DeepSeek-V2's topk_method picks between its softmax rules ("greedy" ignores the
+    # groups, as its own code does); V3's sigmoid rule always groups (its "noaux_tc")
+    method = config_value(config, spec.config.get("topk_method", []))
+    method = method if isinstance(method, str) else spec.defaults.get("topk_method")
+    if method is not None and spec.routing == "softmax_group_topk":
+        params["topk_method"] = method
     return {"rule": spec.routing, "top_k": first.top_k, "router_bias": spec.router_bias, **params}
 
 

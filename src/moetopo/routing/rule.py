@@ -23,6 +23,7 @@ class RoutingRule:
     topk_group: int | None = None
     norm_topk_prob: bool | None = None
     routed_scaling_factor: float | None = None
+    topk_method: str | None = None  # DeepSeek-V2: "greedy" ignores the groups
 
     @classmethod
     def from_summary(cls, routing: dict, top_k: int | None = None) -> RoutingRule:
@@ -33,6 +34,7 @@ class RoutingRule:
             topk_group=routing.get("topk_group"),
             norm_topk_prob=routing.get("norm_topk_prob"),
             routed_scaling_factor=routing.get("routed_scaling_factor"),
+            topk_method=routing.get("topk_method"),
         )
 
 
@@ -120,7 +122,8 @@ def route(
         scores = sigmoid(z) if name == "sigmoid_group_topk" else softmax(z)
         choice = scores + sel
         n_group, topk_group = rule.n_group or 1, rule.topk_group or 1
-        if n_group > 1:
+        greedy = name == "softmax_group_topk" and rule.topk_method == "greedy"
+        if n_group > 1 and not greedy:
             keep = _group_mask(
                 choice, n_group, topk_group, "top2_sum" if name.startswith("sigmoid") else "max"
             )
