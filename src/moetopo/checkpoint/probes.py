@@ -16,6 +16,7 @@ import numpy as np
 from moetopo.checkpoint.layout import ModelLayout
 from moetopo.checkpoint.model import OpenModel
 from moetopo.errors import MoetopoError
+from moetopo.families.moe_rules import config_value
 
 _FIRST_NORM_WORDS = (
     "input",
@@ -75,14 +76,19 @@ def read_rows(model: OpenModel, name: str, rows: np.ndarray) -> np.ndarray:
     return out
 
 
+# config.json keys of the norms' epsilon, unless the family names its own (LFM2: norm_eps)
+_EPS_KEYS = ["rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_eps"]
+
+
 def normalised_embeddings(model: OpenModel, token_ids: np.ndarray) -> np.ndarray:
     """Embedding rows of ``token_ids`` after the first layer's norm (RMSNorm or LayerNorm)."""
     layout = model.layout
     x = read_rows(model, embedding_tensor(layout), token_ids).astype(np.float64)
     weight, bias = first_norm(layout)
-    config = model.checkpoint.config
-    eps = float(config.get("rms_norm_eps") or config.get("layer_norm_eps") or 1e-6)
-    if bias is not None:  # LayerNorm
+    eps = config_value(model.checkpoint.config, layout.spec.config.get("norm_eps") or _EPS_KEYS)
+    if not isinstance(eps, int | float) or isinstance(eps, bool) or eps < 0:
+        eps = layout.spec.defaults.get("norm_eps", 1e-6)
+    if bias is not None or layout.spec.defaults.get("norm") == "layernorm":  # subtract mean
         x = x - x.mean(axis=1, keepdims=True)
     x = x / np.sqrt(np.mean(x**2, axis=1, keepdims=True) + eps)
     if weight is not None:
