@@ -124,3 +124,23 @@ def test_summary_rows_split_source_metric_and_scale():
         [3, "", "n_experts", 8.0],
         [3, "router_l1", "h1_significant", 1.0],
     ]
+
+
+def test_the_rules_params_split_into_topology_parameters_and_stage_settings():
+    """From the schema's cohomology and probe defaults the split gives the code defaults,
+    every field taken by its name (a list arrives as the tuple the dataclass holds)."""
+    import yaml
+
+    from conftest import REPO
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    sections = schema["properties"]
+    values = {k: v["default"] for k, v in sections["cohomology"]["properties"].items()}
+    values |= {
+        k: sections["probe"]["properties"][k]["default"] for k in ("function_tokens", "seed")
+    }
+    values |= {"path": "m", "family": ""}  # params the dataclasses do not take
+    params, settings = CohomologySettings.split(values, 256 << 20)
+    assert params == TopologyParams() and settings == CohomologySettings()
+    changed, _ = CohomologySettings.split(values | {"epsilon_quantiles": [0.2, 0.4]}, 1)
+    assert changed.epsilon_quantiles == (0.2, 0.4)

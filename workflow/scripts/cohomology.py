@@ -3,34 +3,13 @@ from moetopo.artefacts.reopen import reopen_model
 from moetopo.artefacts.views import LazyGates
 from moetopo.stages import run
 from moetopo.stages.cohomology import CohomologySettings, layer_cohomology
-from moetopo.topology.layer import TopologyParams
 
 
 def main(snakemake):
     p = snakemake.params
     layer = int(snakemake.wildcards.layer)
-    params = TopologyParams(
-        maxdim=p.maxdim,
-        noise_floor=p.noise_floor,
-        noise_floor_mode=p.noise_floor_mode,
-        epsilon_quantiles=tuple(p.epsilon_quantiles),
-        stalk_dim=p.stalk_dim,
-        rtol=p.rtol,
-        n_eigenvalues=p.n_eigenvalues,
-        hodge_signal=p.hodge_signal,
-        n_critical_edges=p.n_critical_edges,
-        max_triangles=p.max_triangles,
-        keep_fractions=tuple(p.keep_fractions),
-    )
-    settings = CohomologySettings(
-        sheaf_stalks=p.sheaf_stalks,
-        sheaf_rows=p.sheaf_rows,
-        groups_threshold=p.groups_threshold,
-        merge_barriers=p.merge_barriers,
-        function_tokens=p.function_tokens,
-        seed=p.seed,
-        chunk_bytes=int(snakemake.resources.chunk_mb) << 20,
-    )
+    chunk_bytes = int(snakemake.resources.chunk_mb) << 20
+    params, settings = CohomologySettings.split(dict(p.items()), chunk_bytes)
     model = (
         reopen_model(p.path, p.family, snakemake.input.inventory)
         if settings.reads_expert_weights

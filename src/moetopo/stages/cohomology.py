@@ -7,6 +7,7 @@ expert's leading input directions) and the merge barriers of HodgeCover.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -40,6 +41,19 @@ class CohomologySettings:
     function_tokens: int = 256
     seed: int = 0
     chunk_bytes: int = 256 << 20
+
+    @classmethod
+    def split(cls, values: Mapping, chunk_bytes: int) -> tuple[TopologyParams, CohomologySettings]:
+        """The rule's params (the cohomology section plus the probe's tokens and seed) as the
+        topology parameters and the stage settings, each field taken by its name."""
+
+        def pick(kind):
+            names = {f.name for f in dataclasses.fields(kind)} & set(values)
+            return {
+                k: tuple(values[k]) if isinstance(values[k], list) else values[k] for k in names
+            }
+
+        return TopologyParams(**pick(TopologyParams)), cls(**pick(cls), chunk_bytes=chunk_bytes)
 
     @property
     def reads_expert_weights(self) -> bool:
