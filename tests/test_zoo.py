@@ -358,7 +358,7 @@ def test_structural_router_fallback_finds_the_same_routers(quick_zoo: Path) -> N
         model = AutoModelForCausalLM.from_pretrained(quick_zoo / "zoo" / name, dtype=torch.float32)
         declared = capture_logits(model, ids, seq_len=32)
         model._can_record_outputs = {}  # as for a model that declares nothing
-        assert [n for n, _, i in find_routers(model)] == [
+        assert [n for n, _ in find_routers(model)] == [
             f"model.layers.{k}.mlp.gate" for k in declared
         ]
         fallback = capture_logits(model, ids, seq_len=32)

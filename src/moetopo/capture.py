@@ -1,12 +1,14 @@
 """Capture per-layer router logits of a checkpoint on real text, for the routing stage.
 
-``python -m moetopo.capture MODEL_DIR --text FILE --out FILE`` loads any causal LM that
-transformers can load (no remote code), runs the text through it in batches and saves,
-per MoE layer, the raw router logits: the router linear's output, before softmax,
-sigmoid, correction bias or top-k. Routers are found with forward hooks, not with
-``output_router_logits``, because hooks name the module (hence the transformer layer
-index, even when dense layers are interleaved) and work for families whose forward
-does not return router logits. torch and transformers are imported only when called.
+``python -m moetopo.capture MODEL_DIR --text FILE --out FILE`` loads any causal or
+encoder-decoder LM that transformers can load (no remote code), runs the text through
+it in batches and saves, per MoE layer, the raw router logits: the router linear's
+output, before softmax, sigmoid, correction bias or top-k. Routers are found by the
+modules transformers declares as router-logit outputs, else by name, and read with
+forward hooks on the router linear, not with ``output_router_logits``: hooks name the
+module (hence the layer index, even when dense layers are interleaved) and work for
+families whose forward returns no router logits (DeepSeek-V3, GLM-4-MoE). torch and
+transformers are imported only when called.
 """
 
 from __future__ import annotations
@@ -28,70 +30,81 @@ ROUTER_NAMES = re.compile(r"(?:^|\.)(gate|router|gating|switch)$")
 LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?:\.|$)")
 
 
-def _recorder_targets(model: Any) -> list[tuple[type | None, str | None, str | None, int]]:
-    """transformers 5 declares which module outputs are router logits; read that."""
+def _recorder_targets(model: Any) -> list[tuple[type | None, str | None, str | None]]:
+    """transformers 5 declares which modules output router logits; read that."""
     spec = (getattr(model, "_can_record_outputs", None) or {}).get("router_logits")
     if spec is None:
         return []
     specs = spec if isinstance(spec, (list, tuple)) else [spec]
-    out = []
-    for s in specs:
-        if isinstance(s, type):
-            out.append((s, None, None, 0))
-        else:
-            out.append(
-                (
-                    getattr(s, "target_class", None),
-                    getattr(s, "class_name", None),
-                    getattr(s, "layer_name", None),
-                    getattr(s, "index", None) or 0,
-                )
-            )
-    return out
+    return [
+        (s, None, None)
+        if isinstance(s, type)
+        else (
+            getattr(s, "target_class", None),
+            getattr(s, "class_name", None),
+            getattr(s, "layer_name", None),
+        )
+        for s in specs
+    ]
 
 
-def find_routers(model: Any) -> list[tuple[str, Any, int | None]]:
-    """(module name, module, tuple index of the logits) for every router of the model."""
-    found: list[tuple[str, Any, int | None]] = []
-    targets = _recorder_targets(model)
-    for name, module in model.named_modules():
-        for cls, class_name, layer_name, index in targets:
-            by_class = cls is not None and isinstance(module, cls)
-            by_name = class_name is not None and type(module).__name__.endswith(class_name)
-            if (by_class or by_name) and (layer_name is None or layer_name in name):
-                found.append((name, module, index))
-                break
-    if found:
-        return found
-    hidden = getattr(model.config, "hidden_size", None)
-    for name, module in model.named_modules():
-        weight = getattr(module, "weight", None)
+def _router_linear(module: Any, hidden: int | None) -> Any | None:
+    """The module that owns the router's [experts, hidden] weight: the router itself
+    (Mixtral, Llama-4) or its one linear child (Switch's classifier, DBRX's layer)."""
+    for candidate in (module, *module.children()):
+        weight = getattr(candidate, "weight", None)
         if (
-            ROUTER_NAMES.search(name)
-            and weight is not None
+            weight is not None
             and weight.ndim == 2
             and weight.shape[0] > 1
             and (hidden is None or weight.shape[1] == hidden)
         ):
-            found.append((name, module, None))
+            return candidate
+    return None
+
+
+def _in_attention(name: str) -> bool:
+    """JetMoE's mixture of attention heads has routers too; moetopo reads MoE FFNs."""
+    return bool(re.search(r"(?:^|\.)(?:self_)?att(?:n|ention)(?:\.|$)", name))
+
+
+def find_routers(model: Any) -> list[tuple[str, Any]]:
+    """(module name, router linear) for every routed FFN of the model."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
+    hidden = getattr(config or model.config, "hidden_size", None)
+    hidden = hidden or getattr(model.config, "d_model", None)
+    targets = _recorder_targets(model)
+    declared, named = [], []
+    for name, module in model.named_modules():
+        if _in_attention(name) or "vision" in name:
+            continue
+        for cls, class_name, layer_name in targets:
+            by_class = cls is not None and isinstance(module, cls)
+            by_name = class_name is not None and type(module).__name__.endswith(class_name)
+            if (by_class or by_name) and (layer_name is None or layer_name in name):
+                declared.append((name, module))
+                break
+        if ROUTER_NAMES.search(name):
+            named.append((name, module))
+    found = []
+    for name, module in declared or named:
+        linear = _router_linear(module, hidden)
+        if linear is not None:
+            found.append((name, linear))
     return found
 
 
-def layer_index(name: str, position: int) -> int:
-    """Transformer layer index from a module name like ``model.layers.3.mlp.gate``."""
+def layer_index(name: str, position: int, config: Any = None) -> int:
+    """moetopo's layer index from a module name like ``model.layers.3.mlp.gate``: an
+    encoder-decoder's decoder layers are numbered after the encoder's, as model.json's
+    stacks are."""
     match = LAYER_INDEX.search(name)
-    return int(match.group(1)) if match else position
-
-
-def _logits_of(output: Any, index: int | None, n_experts: int | None) -> Any:
-    if isinstance(output, (tuple, list)):
-        if index is not None:
-            return output[index]
-        for item in output:
-            if hasattr(item, "shape") and (n_experts is None or item.shape[-1] == n_experts):
-                return item
-        raise ValueError("router output holds no tensor of router logits")
-    return output
+    layer = int(match.group(1)) if match else position
+    seq2seq = config is not None and getattr(config, "is_encoder_decoder", False)
+    if seq2seq and re.search(r"(?:^|\.)decoder\.", name):
+        encoder = getattr(config, "encoder_layers", None) or getattr(config, "num_layers", 0)
+        layer += int(encoder)
+    return layer
 
 
 def byte_ids(text: str) -> list[int]:
@@ -122,7 +135,11 @@ def batches(ids: Sequence[int], seq_len: int, batch_size: int) -> Iterator[list[
 def capture_logits(
     model: Any, ids: Sequence[int], seq_len: int, batch_size: int = 8
 ) -> dict[int, np.ndarray]:
-    """Router logits per transformer layer, [tokens, n_experts] float32, in text order."""
+    """Router logits per moetopo layer, [tokens, n_experts] float32, in text order.
+
+    Each router linear's output is computed from its own input (weight, and bias where
+    the linear has one) in float32, so it is the logits whatever the router module
+    returns (Llama-4's returns its sigmoid scores first)."""
     import torch
 
     routers = find_routers(model)
@@ -130,28 +147,31 @@ def capture_logits(
         raise ValueError(f"{type(model).__name__}: no router module found (is it an MoE model?)")
     store: dict[int, list[np.ndarray]] = {}
     handles = []
-    for position, (name, module, index) in enumerate(routers):
-        layer = layer_index(name, position)
+    for position, (name, linear) in enumerate(routers):
+        layer = layer_index(name, position, model.config)
         if layer in store:
             raise ValueError(f"two routers map to layer {layer} (module {name})")
         store[layer] = []
-        weight = getattr(module, "weight", None)
-        n_experts = int(weight.shape[0]) if weight is not None and weight.ndim == 2 else None
 
-        def hook(_m: Any, _i: Any, out: Any, layer: int = layer, index: int | None = index,
-                 n: int | None = n_experts) -> None:  # fmt: skip
-            logits = _logits_of(out, index, n)
-            store[layer].append(logits.detach().float().reshape(-1, logits.shape[-1]).cpu().numpy())
+        def hook(module: Any, args: tuple, _out: Any, layer: int = layer) -> None:
+            x = args[0].detach().float()
+            bias = getattr(module, "bias", None)
+            logits = torch.nn.functional.linear(
+                x, module.weight.float(), None if bias is None else bias.float()
+            )
+            store[layer].append(logits.reshape(-1, logits.shape[-1]).cpu().numpy())
 
-        handles.append(module.register_forward_hook(hook))
+        handles.append(linear.register_forward_hook(hook))
     model.eval()
     device = next(model.parameters()).device
+    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
     try:
         with torch.no_grad():
             for rows in batches(ids, seq_len, batch_size):
-                model(
-                    input_ids=torch.tensor(rows, dtype=torch.long, device=device), use_cache=False
-                )
+                batch = torch.tensor(rows, dtype=torch.long, device=device)
+                # an encoder-decoder reads the text on both sides (teacher forcing)
+                extra = {"decoder_input_ids": batch} if seq2seq else {}
+                model(input_ids=batch, use_cache=False, **extra)
     finally:
         for h in handles:
             h.remove()
@@ -194,16 +214,16 @@ def capture_file(
 ) -> dict[str, Any]:
     """Load (unless given), tokenize, capture and save; returns the ``meta`` record."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     model_dir = Path(model_dir)
     raw = Path(text_path).read_bytes()
     text = raw.decode("utf-8")
     if model is None:
         torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=torch_dtype, trust_remote_code=False
-        )
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        model = auto.from_pretrained(model_dir, dtype=torch_dtype, trust_remote_code=False)
     ids, tokenizer = tokenize(model_dir, text)
     if tokenizer == "byte" and model.config.vocab_size < 256:
         raise ValueError(f"{model_dir}: no tokenizer and vocab_size < 256, cannot use byte ids")

@@ -406,6 +406,10 @@ def _routing(spec: FamilySpec, config: dict, first: MoELayer) -> dict:
     method = method if isinstance(method, str) else spec.defaults.get("topk_method")
     if method is not None and spec.routing == "softmax_group_topk":
         params["topk_method"] = method
+    if spec.routing == "sparsemixer":  # PhiMoE's mask width, router_jitter_noise
+        eps = config_value(config, spec.config.get("jitter_eps", []))
+        numeric = isinstance(eps, int | float) and not isinstance(eps, bool) and eps >= 0
+        params["jitter_eps"] = float(eps) if numeric else spec.defaults.get("jitter_eps")
     return {"rule": spec.routing, "top_k": first.top_k, "router_bias": spec.router_bias, **params}
 
 

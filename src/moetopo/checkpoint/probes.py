@@ -21,6 +21,7 @@ from moetopo.families.moe_rules import config_value
 _FIRST_NORM_WORDS = (
     "input",
     "attn_norm",
+    "attn_layer_norm",
     "ln_1",
     "norm_1",
     "norm1",
@@ -30,11 +31,17 @@ _FIRST_NORM_WORDS = (
 
 
 def embedding_tensor(layout: ModelLayout) -> str:
-    """The input embedding: the largest non-MTP tensor with role ``embed``."""
+    """The input embedding of the first stack (an encoder's own ``embed_tokens`` when it is
+    not tied to the shared one), else the largest non-MTP tensor with role ``embed``."""
     names = [n for n in layout.tensors_of("embed") if not layout.roles[n].mtp]
     if not names:
         raise MoetopoError(f"{layout.root}: no input embedding found to draw probe tokens from")
-    return max(names, key=lambda n: layout.logical[n].numel)
+    if len(layout.stacks) > 1:
+        first = f"{layout.stacks[0]['name']}."
+        own = [n for n in names if first in n]
+        names = own or [n for n in names if not any(f"{s['name']}." in n for s in layout.stacks)]
+        names = names or [n for n in layout.tensors_of("embed") if not layout.roles[n].mtp]
+    return max(names, key=lambda n: (layout.logical[n].numel, n))
 
 
 def first_norm(layout: ModelLayout) -> tuple[str | None, str | None]:
@@ -84,6 +91,9 @@ def normalised_embeddings(model: OpenModel, token_ids: np.ndarray) -> np.ndarray
     """Embedding rows of ``token_ids`` after the first layer's norm (RMSNorm or LayerNorm)."""
     layout = model.layout
     x = read_rows(model, embedding_tensor(layout), token_ids).astype(np.float64)
+    x = x * _embedding_scale(model.checkpoint.config, layout.hidden_size)
+    if layout.spec.defaults.get("norm") == "none":  # no norm before the sublayers (OLMo-2)
+        return x.astype(np.float32)
     weight, bias = first_norm(layout)
     eps = config_value(model.checkpoint.config, layout.spec.config.get("norm_eps") or _EPS_KEYS)
     if not isinstance(eps, int | float) or isinstance(eps, bool) or eps < 0:
@@ -97,6 +107,21 @@ def normalised_embeddings(model: OpenModel, token_ids: np.ndarray) -> np.ndarray
     if bias is not None:
         x = x + model.reader.read(bias)
     return x.astype(np.float32)
+
+
+def _embedding_scale(config: dict, hidden: int) -> float:
+    """What the model multiplies its embeddings by before layer 0: sqrt(d_model) under
+    ``scale_embedding`` (NLLB, M2M), Granite's ``embedding_multiplier``; else 1. It moves
+    a norm's output only through its epsilon, but the probe is the model's own input."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    for source in (config, text):
+        if source.get("scale_embedding") is True:
+            return float(np.sqrt(hidden))
+        multiplier = source.get("embedding_multiplier")
+        numeric = isinstance(multiplier, int | float) and not isinstance(multiplier, bool)
+        if numeric and np.isfinite(multiplier) and multiplier > 0:
+            return float(multiplier)
+    return 1.0
 
 
 def probe_token_ids(model: OpenModel, n_tokens: int, seed: int) -> np.ndarray:

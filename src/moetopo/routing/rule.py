@@ -24,6 +24,7 @@ class RoutingRule:
     norm_topk_prob: bool | None = None
     routed_scaling_factor: float | None = None
     topk_method: str | None = None  # DeepSeek-V2: "greedy" ignores the groups
+    jitter_eps: float | None = None  # PhiMoE's SparseMixer: relative mask width
 
     @classmethod
     def from_summary(cls, routing: dict, top_k: int | None = None) -> RoutingRule:
@@ -35,6 +36,7 @@ class RoutingRule:
             norm_topk_prob=routing.get("norm_topk_prob"),
             routed_scaling_factor=routing.get("routed_scaling_factor"),
             topk_method=routing.get("topk_method"),
+            jitter_eps=routing.get("jitter_eps"),
         )
 
 
@@ -84,6 +86,28 @@ def _group_mask(choice: np.ndarray, n_group: int, topk_group: int, per_group: st
     return np.repeat(keep, n_experts // n_group, axis=1)
 
 
+def sparsemixer(z: np.ndarray, k: int, jitter_eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """PhiMoE's SparseMixer at inference: the i-th expert is the best logit not yet
+    chosen; its weight is its softmax among the unchosen logits within ``2 * jitter_eps``
+    of it, relative to max(|logit|, best). Phi-3.5-MoE runs it for k = 2."""
+    tokens, n_experts = z.shape
+    chosen = np.zeros_like(z, dtype=bool)
+    experts = np.empty((tokens, k), dtype=np.int64)
+    weights = np.empty((tokens, k))
+    rows = np.arange(tokens)
+    for i in range(k):
+        masked = np.where(chosen, -np.inf, z)
+        best = np.argmax(masked, axis=1)  # the first maximum: ties to the lower index
+        top = masked[rows, best][:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            far = (top - z) / np.maximum(np.abs(z), top) > 2 * jitter_eps
+        kept = np.where(chosen | far, -np.inf, z)
+        weights[:, i] = 1.0 / np.exp(kept - top).sum(axis=1)
+        experts[:, i] = best
+        chosen[rows, best] = True
+    return experts, weights
+
+
 def route(
     logits: np.ndarray,
     rule: RoutingRule,
@@ -102,7 +126,11 @@ def route(
     k = rule.top_k
     sel = 0.0 if selection_bias is None else np.asarray(selection_bias, dtype=np.float64)
     name = rule.rule
-    if name in ("softmax_topk", "sparsemixer", "softmax_bias_topk"):
+    if name == "sparsemixer":
+        scores = softmax(z)
+        eps = 0.01 if rule.jitter_eps is None else rule.jitter_eps
+        experts, weights = sparsemixer(z + sel, k, eps)
+    elif name in ("softmax_topk", "softmax_bias_topk"):
         scores = softmax(z)
         experts = top_k(scores + sel, k)
         weights = _normalise(np.take_along_axis(scores, experts, 1), rule.norm_topk_prob)
