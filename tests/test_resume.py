@@ -31,6 +31,11 @@ def incomplete_outputs(workdir) -> set[str]:
     return found
 
 
+def file_tree(workdir) -> list[str]:
+    root = workdir / "results"
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
 def same_artefact(a, b) -> bool:
     """Byte-identical, or (Parquet) the same table: equal columns and equal metadata."""
     if a.read_bytes() == b.read_bytes():
@@ -81,6 +86,9 @@ def test_killed_run_resumes_and_matches_a_clean_run(small_run, tmp_path):
     snakemake(target, "--unlock")
     snakemake(target, "--cores", "2", "--rerun-incomplete")
 
+    # the whole tree, hidden files included: no temporary litter, nothing a clean run lacks
+    # (Snakemake marks every directory output with .snakemake_timestamp, in both runs)
+    assert file_tree(target) == file_tree(small_run)
     after = artefacts(target)
     redone = [name for name, mtime in before.items() if after[name].stat().st_mtime_ns != mtime]
     assert redone == [], f"finished jobs were redone: {redone}"

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from moetopo.artefacts.views import gates_from_rows
+from moetopo.checkpoint.captured import load_captured
 from moetopo.checkpoint.model import open_model
-from moetopo.checkpoint.probes import first_norm, load_captured, normalised_embeddings, read_rows
+from moetopo.checkpoint.probes import first_norm, normalised_embeddings, read_rows
 from moetopo.errors import MoetopoError
 from moetopo.fixtures import random_model, write_family
 from moetopo.routing.rule import RoutingRule, coactivation_counts, route
@@ -186,7 +187,7 @@ def test_captured_file_errors_are_clear(tmp_path, mixtral):
 
 @pytest.mark.parametrize("content", ["pickled", "not a zip"])
 def test_a_captured_file_with_pickles_or_garbage_is_a_clear_error(tmp_path, content):
-    from moetopo.checkpoint.probes import load_captured
+    from moetopo.checkpoint.captured import load_captured
     from moetopo.errors import MoetopoError
 
     path = tmp_path / "logits.npz"

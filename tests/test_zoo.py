@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from moetopo.capture import batches, byte_ids
-from moetopo.checkpoint.probes import load_captured
+from moetopo.checkpoint.captured import load_captured
 from moetopo.zoo import manifest as mf
 from moetopo.zoo.corpus import CorpusLimits, build_corpus, fixed_windows, is_heldout
 from moetopo.zoo.specs import FAMILIES, TUNED, ZOO

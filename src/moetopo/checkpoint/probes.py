@@ -1,15 +1,10 @@
-"""Probe tokens and captured router logits: the two sources of routing evidence.
+"""Probe tokens: the weights-only stand-in for real hidden states.
 
-Without captured logits, moetopo routes rows of the input embedding, normalised as
-the model's first norm would normalise them: a weights-only stand-in for real
-hidden states. Captured logits (per layer, tokens x experts) replace it when given.
+Without captured logits (:mod:`moetopo.checkpoint.captured`), moetopo routes rows of
+the input embedding, normalised as the model's first norm would normalise them.
 """
 
 from __future__ import annotations
-
-import json
-import zipfile
-from pathlib import Path
 
 import numpy as np
 
@@ -141,50 +136,3 @@ def function_probe(
     """
     x = normalised_embeddings(model, probe_token_ids(model, n_tokens, seed))
     return x, model.layout.activation, model.checkpoint.config.get("swiglu_limit")
-
-
-def load_captured(path: str | Path) -> tuple[dict[int, np.ndarray], np.ndarray | None, dict]:
-    """Captured router logits: per layer [tokens, experts], token ids if recorded, metadata.
-
-    Accepts the ``.npz`` that ``python -m moetopo.capture`` writes (arrays ``layer_<L>``,
-    optional ``token_ids`` and ``meta``) or a Parquet table with columns layer, token,
-    logits (list) and optionally token_id.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise MoetopoError(f"{path}: captured router logits file does not exist")
-    try:
-        if path.suffix == ".npz":
-            return _load_npz(path)
-        if path.suffix == ".parquet":
-            return _load_parquet(path)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise MoetopoError(f"{path}: cannot read captured router logits ({exc})") from exc
-    raise MoetopoError(f"{path}: captured router logits must be .npz or .parquet")
-
-
-def _load_npz(path: Path):
-    with np.load(path, allow_pickle=False) as data:
-        layers = {
-            int(k.removeprefix("layer_")): data[k].astype(np.float32)
-            for k in data.files
-            if k.startswith("layer_")
-        }
-        token_ids = data["token_ids"].astype(np.int64) if "token_ids" in data.files else None
-        meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
-    return layers, token_ids, meta
-
-
-def _load_parquet(path: Path):
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path).to_pandas().sort_values(["layer", "token"])
-    layers = {
-        int(layer): np.stack(group["logits"].to_numpy()).astype(np.float32)
-        for layer, group in table.groupby("layer")
-    }
-    token_ids = None
-    if "token_id" in table:
-        first = table[table.layer == table.layer.min()]
-        token_ids = first["token_id"].to_numpy(np.int64)
-    return layers, token_ids, {}

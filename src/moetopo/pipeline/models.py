@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from moetopo.checkpoint.captured import captured_shapes, check_layers
 from moetopo.checkpoint.layout import ModelLayout, build_layout
 from moetopo.checkpoint.shards import ShardList, list_shards, open_checkpoint
 from moetopo.errors import MoetopoError
@@ -65,6 +66,21 @@ class ModelSheet:
 
     def routing_file(self, model: str) -> str:
         return self.table.loc[model].get("routing", "")
+
+    def check_routing_files(self) -> None:
+        """Every captured-logits file against its model's layers, from the files' headers:
+        a bad file stops the run at parse time, before any job has written anything."""
+        for model in self.names:
+            path = self.routing_file(model)
+            if not path:
+                continue
+            try:
+                shapes = captured_shapes(path)
+                layout = self.layout(model)
+                experts = {m: layout.layers[m].n_experts for m in layout.moe_layers}
+                check_layers(shapes, experts, path)
+            except MoetopoError as exc:
+                raise MoetopoError(f"model sheet, model {model!r}: {exc}") from exc
 
     def shards(self, model: str) -> list[str]:
         return list(self.listing(model).shards)

@@ -10,8 +10,9 @@ import pandas as pd
 
 from moetopo.artefacts import columns
 from moetopo.artefacts.views import GateLayer
+from moetopo.checkpoint.captured import check_layers, load_captured
 from moetopo.checkpoint.model import OpenModel
-from moetopo.checkpoint.probes import load_captured, normalised_embeddings, probe_token_ids
+from moetopo.checkpoint.probes import normalised_embeddings, probe_token_ids
 from moetopo.errors import MoetopoError
 from moetopo.routing.rule import RoutingRule, coactivation_counts, route, selection_matrix
 
@@ -80,24 +81,15 @@ def routing_tables(
 
 def _check_captured(model, logits_by_layer, path, warnings) -> None:
     layout = model.layout
-    unknown = sorted(set(logits_by_layer) - set(layout.moe_layers))
-    if unknown:
-        raise MoetopoError(
-            f"{path}: captured logits for layers {unknown}, which are not MoE layers of "
-            f"{layout.root} (MoE layers: {layout.moe_layers})"
-        )
     for layer, logits in logits_by_layer.items():
-        n_experts = layout.layers[layer].n_experts
-        if logits.ndim != 2 or logits.shape[1] != n_experts:
-            raise MoetopoError(
-                f"{path}: layer {layer} logits have shape {list(logits.shape)}, expected "
-                f"[tokens, {n_experts}]"
-            )
+        if logits.ndim != 2:
+            raise MoetopoError(f"{path}: layer {layer} logits are not [tokens, experts]")
+    shapes = {layer: logits.shape for layer, logits in logits_by_layer.items()}
+    experts = {layer: layout.layers[layer].n_experts for layer in layout.moe_layers}
+    warnings.extend(check_layers(shapes, experts, path))
+    for layer, logits in logits_by_layer.items():
         if not np.isfinite(logits).all():
             raise MoetopoError(f"{path}: layer {layer} logits contain NaN or Inf")
-    missing = sorted(set(layout.moe_layers) - set(logits_by_layer))
-    if missing:
-        warnings.append(f"{path}: no captured logits for layers {missing}; probe tokens used there")
 
 
 def _add_layer(result: RoutingResult, layer: int, routed, source: str, n_experts: int) -> None:
