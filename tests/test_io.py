@@ -592,6 +592,42 @@ def test_config_json_values_are_checked_by_type_and_range_before_use(tmp_path, o
     assert str(tmp_path / "config.json") in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "family, override, message",
+    [
+        ("deepseek_v3", {"n_group": "x"}, "n_group is 'x', expected a whole number of groups"),
+        ("deepseek_v3", {"n_group": 3}, "n_group is 3, expected .* dividing the 8 experts"),
+        ("deepseek_v3", {"n_group": 0}, "n_group is 0"),
+        (
+            "deepseek_v3",
+            {"topk_group": 5},
+            "topk_group is 5, expected .* from 1 to n_group \\(2\\)",
+        ),
+        ("deepseek_v3", {"routed_scaling_factor": "x"}, "routed_scaling_factor is 'x'"),
+        ("deepseek_v3", {"routed_scaling_factor": float("inf")}, "a finite number above 0"),
+        ("qwen2_moe", {"norm_topk_prob": "yes"}, "norm_topk_prob is 'yes', expected true or false"),
+        ("phimoe", {"router_jitter_noise": -1}, "router_jitter_noise is -1"),
+    ],
+)
+def test_routing_parameters_in_config_json_are_checked(tmp_path, family, override, message):
+    """The routing rule's parameters, read from config.json, by type and range: a bad one
+    names the file and the key instead of failing later inside numpy."""
+    write_family(random_model(n_layers=2, n_experts=8, top_k=2), family, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text()) | override
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=message) as caught:
+        open_model(tmp_path)
+    assert str(tmp_path / "config.json") in str(caught.value)
+
+
+@pytest.mark.parametrize("skip", [-1, "x", {"a": 1}])
+def test_a_malformed_mlp_only_layers_leaves_the_routers_to_decide(tmp_path, skip):
+    write_family(random_model(n_layers=2, n_experts=8, top_k=2), "qwen2_moe", tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text()) | {"mlp_only_layers": skip}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert open_model(tmp_path).layout.moe_layers == [0, 1]
+
+
 @pytest.mark.parametrize("name", ["config.json", "model.safetensors.index.json"])
 def test_a_config_or_index_linking_outside_the_model_is_refused(tmp_path, name):
     model = tmp_path / "model"

@@ -11,6 +11,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 from moetopo.checkpoint.header import gc_paused
@@ -176,7 +177,7 @@ def build_layout(
         n_experts=first.n_experts,
         top_k=first.top_k,
         n_shared_experts=_shared_count(spec, config, layers),
-        routing=_routing(spec, config, first),
+        routing=_routing(spec, config, first, checkpoint.root / "config.json"),
         activation=spec.activation,
         params=_params(roles, logical, layers, spec, include_embeddings),
         dtypes=_dtypes(checkpoint),
@@ -394,7 +395,7 @@ def _shared_count(spec, config, layers) -> int:
     return 1 if any(layer.shared for layer in layers.values()) else 0
 
 
-def _routing(spec: FamilySpec, config: dict, first: MoELayer) -> dict:
+def _routing(spec: FamilySpec, config: dict, first: MoELayer, path: Path) -> dict:
     keys = ("n_group", "topk_group", "routed_scaling_factor", "norm_topk_prob")
     params = {k: config_value(config, spec.config.get(k, [])) for k in keys}
     for k in keys:
@@ -408,9 +409,38 @@ def _routing(spec: FamilySpec, config: dict, first: MoELayer) -> dict:
         params["topk_method"] = method
     if spec.routing == "sparsemixer":  # PhiMoE's mask width, router_jitter_noise
         eps = config_value(config, spec.config.get("jitter_eps", []))
-        numeric = isinstance(eps, int | float) and not isinstance(eps, bool) and eps >= 0
-        params["jitter_eps"] = float(eps) if numeric else spec.defaults.get("jitter_eps")
+        params["jitter_eps"] = spec.defaults.get("jitter_eps") if eps is None else eps
+    _check_routing(params, first.n_experts, path)
     return {"rule": spec.routing, "top_k": first.top_k, "router_bias": spec.router_bias, **params}
+
+
+def _check_routing(params: dict, n_experts: int, path: Path) -> None:
+    """The routing parameters by type and range, before any stage routes with them."""
+
+    def refuse(key: str, expected: str, value=None) -> None:
+        value = params[key] if value is None else value
+        raise CheckpointError(path, f"{key} is {value!r}, expected {expected}")
+
+    def integer(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def real(value) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    groups = params["n_group"]
+    if groups is not None and not (integer(groups) and groups >= 1 and n_experts % groups == 0):
+        refuse("n_group", f"a whole number of groups dividing the {n_experts} experts")
+    best = params["topk_group"]
+    if best is not None and not (integer(best) and 1 <= best <= (groups or 1)):
+        refuse("topk_group", f"a whole number from 1 to n_group ({groups or 1})")
+    scale = params["routed_scaling_factor"]
+    if scale is not None and not (real(scale) and math.isfinite(scale) and scale > 0):
+        refuse("routed_scaling_factor", "a finite number above 0")
+    if params["norm_topk_prob"] is not None and not isinstance(params["norm_topk_prob"], bool):
+        refuse("norm_topk_prob", "true or false")
+    eps = params.get("jitter_eps")
+    if eps is not None and not (real(eps) and math.isfinite(eps) and eps >= 0):
+        refuse("router_jitter_noise", "a finite number of at least 0", eps)
 
 
 def _check_placement(spec, config, stacks, moe, warnings) -> None:

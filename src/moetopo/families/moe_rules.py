@@ -59,7 +59,8 @@ def _first_k_dense(n, config, keys):
 
 def _sparse_step(n, config, keys):
     step = config_int(config, keys.get("step"), 1)
-    skip = set(config_value(config, keys.get("skip", [])) or [])
+    listed = config_value(config, keys.get("skip", []))
+    skip = {i for i in listed if isinstance(i, int)} if isinstance(listed, list) else set()
     if not step:
         return []
     return [i for i in range(n) if i not in skip and (i + 1) % step == 0]
