@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moetopo.capture import capture_logits, save_npz
+from moetopo.capture import capture_logits, router_layers, save_npz
 from moetopo.checkpoint.model import open_model
 from moetopo.checkpoint.probes import normalised_embeddings
 from moetopo.families.spec import load_families
@@ -429,7 +429,9 @@ def test_captured_logits_are_the_router_linear_output(built, family):
     model, saved, summary, layers, ids = built(family)
     captured = capture_logits(model, ids.flatten().tolist(), SEQ, BATCH)
     assert sorted(captured) == sorted(layers)
+    hooked = router_layers(model)  # what the capture names in its meta, per layer
     for layer, record in layers.items():
+        assert hooked[layer][1] is record.router, f"layer {layer}: hooked {hooked[layer][0]}"
         x = torch.cat(record.inputs)
         with torch.no_grad():
             bias = getattr(record.router, "bias", None)

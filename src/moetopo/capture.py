@@ -48,10 +48,11 @@ def _recorder_targets(model: Any) -> list[tuple[type | None, str | None, str | N
     ]
 
 
-def _router_linear(module: Any, hidden: int | None) -> Any | None:
-    """The module that owns the router's [experts, hidden] weight: the router itself
-    (Mixtral, Llama-4) or its one linear child (Switch's classifier, DBRX's layer)."""
-    for candidate in (module, *module.children()):
+def _router_linear(name: str, module: Any, hidden: int | None) -> tuple[str, Any] | None:
+    """(name, module) of what owns the router's [experts, hidden] weight: the router
+    itself (Mixtral, Llama-4) or its linear child (Switch's classifier, DBRX's layer)."""
+    children = [(f"{name}.{child}", m) for child, m in module.named_children()]
+    for candidate_name, candidate in [(name, module), *children]:
         weight = getattr(candidate, "weight", None)
         if (
             weight is not None
@@ -59,7 +60,7 @@ def _router_linear(module: Any, hidden: int | None) -> Any | None:
             and weight.shape[0] > 1
             and (hidden is None or weight.shape[1] == hidden)
         ):
-            return candidate
+            return candidate_name, candidate
     return None
 
 
@@ -69,7 +70,7 @@ def _in_attention(name: str) -> bool:
 
 
 def find_routers(model: Any) -> list[tuple[str, Any]]:
-    """(module name, router linear) for every routed FFN of the model."""
+    """(name, module) of the router linear of every routed FFN of the model."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
     hidden = getattr(config or model.config, "hidden_size", None)
     hidden = hidden or getattr(model.config, "d_model", None)
@@ -86,12 +87,22 @@ def find_routers(model: Any) -> list[tuple[str, Any]]:
                 break
         if ROUTER_NAMES.search(name):
             named.append((name, module))
-    found = []
-    for name, module in declared or named:
-        linear = _router_linear(module, hidden)
-        if linear is not None:
-            found.append((name, linear))
-    return found
+    found = [_router_linear(name, module, hidden) for name, module in declared or named]
+    return [linear for linear in found if linear is not None]
+
+
+def router_layers(model: Any) -> dict[int, tuple[str, Any]]:
+    """moetopo layer -> (module name, router linear): the modules the capture hooks."""
+    routers = find_routers(model)
+    if not routers:
+        raise ValueError(f"{type(model).__name__}: no router module found (is it an MoE model?)")
+    layers: dict[int, tuple[str, Any]] = {}
+    for position, (name, linear) in enumerate(routers):
+        layer = layer_index(name, position, model.config)
+        if layer in layers:
+            raise ValueError(f"two routers map to layer {layer} (module {name})")
+        layers[layer] = (name, linear)
+    return dict(sorted(layers.items()))
 
 
 def layer_index(name: str, position: int, config: Any = None) -> int:
@@ -142,15 +153,9 @@ def capture_logits(
     returns (Llama-4's returns its sigmoid scores first)."""
     import torch
 
-    routers = find_routers(model)
-    if not routers:
-        raise ValueError(f"{type(model).__name__}: no router module found (is it an MoE model?)")
     store: dict[int, list[np.ndarray]] = {}
     handles = []
-    for position, (name, linear) in enumerate(routers):
-        layer = layer_index(name, position, model.config)
-        if layer in store:
-            raise ValueError(f"two routers map to layer {layer} (module {name})")
+    for layer, (_, linear) in router_layers(model).items():
         store[layer] = []
 
         def hook(module: Any, args: tuple, _out: Any, layer: int = layer) -> None:
@@ -245,6 +250,8 @@ def capture_file(
         "seq_len": seq_len,
         "layers": sorted(logits),
         "architecture": type(model).__name__,
+        # the module each layer's logits were read from, as the model names it
+        "routers": {str(layer): name for layer, (name, _) in router_layers(model).items()},
     }
     save_npz(Path(out), logits, meta, store_dtype, token_ids=ids)
     return meta
