@@ -25,23 +25,20 @@ def captured_shapes(path: str | Path) -> dict[int, tuple[int, int | None]]:
     """Layer -> (tokens, experts) of a captured file, from its headers alone (a Parquet
     file's layer column; its expert count is None); a clear error naming the file for
     anything :func:`load_captured` would refuse."""
-    path = _existing(path)
-    try:
-        if path.suffix == ".npz":
-            return _npz_shapes(path)
-        return _parquet_shapes(path)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise MoetopoError(f"{path}: cannot read captured router logits ({exc})") from exc
+    return _read(path, _npz_shapes, _parquet_shapes)
 
 
 def load_captured(path: str | Path) -> tuple[dict[int, np.ndarray], np.ndarray | None, dict]:
     """Captured router logits: per layer [tokens, experts], token ids if recorded, metadata."""
-    path = _existing(path)
     captured_shapes(path)
+    return _read(path, _load_npz, _load_parquet)
+
+
+def _read(path: str | Path, npz, parquet):
+    """``npz(path)`` or ``parquet(path)`` by suffix; any failure a clear error naming it."""
+    path = _existing(path)
     try:
-        if path.suffix == ".npz":
-            return _load_npz(path)
-        return _load_parquet(path)
+        return npz(path) if path.suffix == ".npz" else parquet(path)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise MoetopoError(f"{path}: cannot read captured router logits ({exc})") from exc
 
