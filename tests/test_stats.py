@@ -14,6 +14,7 @@ from scipy import stats
 from moetopo.stats import (
     LAYER_COLUMNS,
     MODEL_COLUMNS,
+    adjusted_verdicts,
     bootstrap_mean_interval,
     clustered_correlation_test,
     conjecture_table,
@@ -442,3 +443,23 @@ def test_adjusted_p_never_below_the_raw_p_and_keeps_its_order():
     assert (adjusted.to_numpy() >= p - 1e-15).all()
     order = np.argsort(p)
     assert np.all(np.diff(adjusted.to_numpy()[order]) >= -1e-15)
+
+
+def test_a_verdict_claims_no_more_than_its_adjusted_evidence():
+    """Among 40 tests, one with raw p = 0.03 is decided on its own but not once all 40 are
+    counted (Benjamini-Hochberg); one with p = 1e-4 survives; the reason says which."""
+    p = np.r_[0.03, 1e-4, np.linspace(0.2, 0.99, 38)]
+    table = pd.DataFrame(
+        {
+            "level": "model",
+            "p_value": p,
+            "verdict": ["supported", "contradicted"] + ["inconclusive"] * 38,
+            "reason": "interval excludes 0",
+        }
+    )
+    out = adjusted_verdicts(with_adjusted_p(table), confidence_level=0.95)
+    assert list(out.verdict[:2]) == ["inconclusive", "contradicted"]
+    assert list(out.verdict_unadjusted[:2]) == ["supported", "contradicted"]
+    assert "not once the 40 model-level tests are counted" in out.reason[0]
+    assert "adjusted p = 0.6" in out.reason[0]  # 0.03 * 40 / 2, then the running minimum
+    assert (out.verdict[2:] == "inconclusive").all() and out.reason[1] == "interval excludes 0"

@@ -235,6 +235,7 @@ SCHEMAS: dict[str, list[tuple[str, pa.DataType]]] = {
         ("n_models", I64),
         ("n_layers", I64),
         ("verdict", STR),
+        ("verdict_unadjusted", STR),
         ("reason", STR),
     ],
     "bottleneck": [

@@ -244,16 +244,19 @@ def statistic_sentence(row) -> str:
 
 
 def tally(table: pd.DataFrame, alpha: float) -> str:
-    """Verdict counts, and how many tests stay significant once the number of tests is
-    accounted for (Benjamini-Hochberg adjusted p <= alpha)."""
+    """Verdict counts after the adjustment for the number of tests, and how many tests
+    were decided on their own but not once all of them are counted."""
     counts = table.verdict.value_counts()
     parts = [f"{counts.get(v, 0)} {v}" for v in ("supported", "contradicted", "inconclusive")]
-    decided = table.verdict != "inconclusive"
-    kept = int((decided & (table.p_adjusted <= alpha)).sum())
-    return (
-        f"{len(table)} tests: {', '.join(parts)}; {kept} of the {int(decided.sum())} "
-        f"decided stay significant at adjusted p ≤ {alpha:g}"
-    )
+    unadjusted = table.get("verdict_unadjusted", table.verdict)
+    lost = int(((unadjusted != "inconclusive") & (table.verdict == "inconclusive")).sum())
+    out = f"{len(table)} tests: {', '.join(parts)}"
+    if lost:
+        out += (
+            f" ({lost} decided on their own, but not at Benjamini-Hochberg adjusted "
+            f"p ≤ {alpha:g} over these {len(table)} tests)"
+        )
+    return out
 
 
 def verdicts(rows: pd.DataFrame) -> str:

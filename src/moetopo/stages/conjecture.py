@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from moetopo.stats import conjecture_table, layer_conjecture_table, with_adjusted_p
+from moetopo.stats import (
+    adjusted_verdicts,
+    conjecture_table,
+    layer_conjecture_table,
+    with_adjusted_p,
+)
 
 METRICS = {"h1_count": "h1_significant", "h1_persistence": "h1_total_persistence"}
 
@@ -96,7 +101,7 @@ def conjecture_rows(
     table = pd.concat([model_level, layer_level], ignore_index=True)
     table[["metric", "source"]] = table.metric.str.split(":", expand=True)
     table["n_layers"] = table["n_layers"].fillna(0).astype("int64")
-    return with_adjusted_p(table)
+    return adjusted_verdicts(with_adjusted_p(table), confidence_level)
 
 
 def _wide(long: pd.DataFrame, index: list[str], value: str, keep: list[str]) -> pd.DataFrame:

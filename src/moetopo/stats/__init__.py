@@ -16,6 +16,7 @@ from moetopo.stats.intervals import LineBand, MeanResult, bootstrap_mean_interva
 from moetopo.stats.tables import (
     LAYER_COLUMNS,
     MODEL_COLUMNS,
+    adjusted_verdicts,
     conjecture_table,
     layer_conjecture_table,
     with_adjusted_p,
@@ -27,6 +28,7 @@ __all__ = [
     "CorrelationResult",
     "LineBand",
     "MeanResult",
+    "adjusted_verdicts",
     "bootstrap_mean_interval",
     "clustered_correlation_test",
     "conjecture_table",

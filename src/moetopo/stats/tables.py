@@ -144,6 +144,25 @@ def with_adjusted_p(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def adjusted_verdicts(table: pd.DataFrame, confidence_level: float) -> pd.DataFrame:
+    """``table`` (with ``p_adjusted``) whose verdicts claim no more than the adjusted
+    evidence: a decided test whose Benjamini-Hochberg p exceeds 1 - confidence_level is
+    inconclusive, its reason saying how many tests it was counted among."""
+    alpha = 1.0 - confidence_level
+    out = table.copy()
+    out["verdict_unadjusted"] = out["verdict"]
+    tests = out.groupby("level")["p_value"].transform(lambda p: int(np.isfinite(p).sum()))
+    weak = (out.verdict != "inconclusive") & ~(out.p_adjusted <= alpha)
+    for i in out.index[weak]:
+        out.loc[i, "reason"] = (
+            f"{out.loc[i, 'reason']}; {out.loc[i, 'verdict']} on its own, but not once the "
+            f"{int(tests[i])} {out.loc[i, 'level']}-level tests are counted "
+            f"(Benjamini-Hochberg adjusted p = {out.loc[i, 'p_adjusted']:.3g} > {alpha:g})"
+        )
+    out.loc[weak, "verdict"] = "inconclusive"
+    return out
+
+
 def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
     missing = [c for c in dict.fromkeys(columns) if c not in frame.columns]
     if missing:
