@@ -65,7 +65,8 @@ FAMILIES = {
     "kimi_k2": Oracle("mlp.gate", "experts"),
     "glm4_moe": Oracle("mlp.gate", "experts"),
     "dots1": Oracle("mlp.gate", "experts"),
-    "lfm2_moe": Oracle("feed_forward.gate", "experts"),
+    # an epsilon large enough to matter: the probe must read LFM2's norm_eps
+    "lfm2_moe": Oracle("feed_forward.gate", "experts", config={"norm_eps": 0.5}),
     "jamba": Oracle("feed_forward.router", "experts"),
     "llama4": Oracle("feed_forward.router", "llama4"),
     "gpt_oss": Oracle("mlp.router", "experts"),
@@ -169,11 +170,11 @@ def _by_nonzero(dense: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     dense = dense.reshape(-1, dense.shape[-1]).detach()
     counts = (dense != 0).sum(-1)
     assert (counts == k).all(), f"rows with {sorted(set(counts.tolist()))} experts, expected {k}"
-    weights, experts = torch.topk(dense.abs(), k, dim=-1)
+    _, experts = torch.topk(dense.abs(), k, dim=-1)
     return experts, torch.gather(dense, 1, experts)
 
 
-def _record(model, family: str, stacks: list[dict], k: int) -> dict[int, Dispatch]:
+def _record(model, family: str, stacks: list[dict], k: int) -> tuple[dict[int, Dispatch], list]:
     """Hooks on every MoE layer's router linear and on what its block dispatches."""
     oracle = FAMILIES[family]
     layers: dict[int, Dispatch] = {}
@@ -313,7 +314,7 @@ def built(tmp_path_factory):
             model, saved = _build(family, directory)
             summary = inspect_model(saved)
             stacks = summary["stacks"]
-            layers, handles = _record(model, family, stacks, _top_k(summary))
+            layers, handles = _record(model, family, stacks, summary["top_k"])
             gen = torch.Generator().manual_seed(0)
             vocab = model.config.get_text_config().vocab_size
             ids = torch.randint(0, vocab, (BATCH, SEQ), generator=gen)
@@ -324,10 +325,6 @@ def built(tmp_path_factory):
         return cache[family]
 
     return get
-
-
-def _top_k(summary) -> int:
-    return summary["top_k"]
 
 
 def _gates(saved: Path):
@@ -375,7 +372,6 @@ def test_structure_and_parameters_match_the_module_tree(built, family):
 def test_router_rows_are_bit_exact(built, family):
     model, saved, summary, layers, _ = built(family)
     _, gates = _gates(saved)
-    state = {id(t): n for n, t in model.state_dict(keep_vars=True).items()}
     for layer, record in layers.items():
         gate = gates[layer]
         weight = record.router.weight.detach().numpy()
@@ -383,16 +379,14 @@ def test_router_rows_are_bit_exact(built, family):
         bias = getattr(record.router, "bias", None)
         if bias is not None:
             assert np.array_equal(gate.bias, bias.detach().numpy()), "router linear bias"
-        # every other per-expert vector of the block is a selection bias moetopo must read
-        prefix = next(state[id(p)] for p in [record.router.weight]).rsplit(".", 2)[0]
+        # every other per-expert vector of the layer is a selection bias moetopo must read
         vectors = [
-            t.detach().numpy()
-            for n, t in model.state_dict().items()
-            if n.startswith(prefix.split(".mlp")[0] + ".")
+            t.detach().numpy().reshape(-1)
+            for n, t in model.state_dict(keep_vars=True).items()
+            if _moetopo_layer(n, summary["stacks"]) == layer
             and t.numel() == gate.weight.shape[0]
-            and (bias is None or not np.array_equal(t.numpy(), bias.detach().numpy()))
+            and t is not bias
         ]
-        vectors = [v.reshape(-1) for v in vectors]
         got = [] if gate.selection is None else [gate.selection]
         assert len(got) == len(vectors) and all(
             np.array_equal(a, b) for a, b in zip(got, vectors, strict=True)

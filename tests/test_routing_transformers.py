@@ -1,9 +1,8 @@
 """moetopo's routing rules select exactly the experts transformers' own routers select, on
-the demo zoo's trained models (one per family), from the same router logits."""
+the demo zoo's trained models (one per family), from the same router logits. Every
+family on random weights, probes included, is in test_oracle_transformers.py."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
@@ -88,49 +87,3 @@ def test_deepseek_v2_topk_method_selects_as_transformers_router(tmp_path, method
     ours = route(logits.numpy().astype(np.float64), rule)
     same = [set(a) == set(b) for a, b in zip(ours.experts, indices.numpy(), strict=True)]
     assert np.mean(same) == 1.0, f"{np.mean(same):.4f} of tokens agree"
-
-
-def _first_norm_module(family: str, config: dict, weight: torch.Tensor) -> torch.nn.Module:
-    """The module transformers applies to a layer's input in ``family``, with ``weight``,
-    built as the family's decoder layer builds it from config.json."""
-    models = transformers.models
-    hidden = weight.shape[0]
-    if family == "qwen3_next":
-        norm = models.qwen3_next.modeling_qwen3_next.Qwen3NextRMSNorm(
-            hidden, eps=config["rms_norm_eps"]
-        )
-    elif family == "dbrx":
-        norm = torch.nn.LayerNorm(hidden, bias=False)  # as DbrxBlock builds it
-    else:
-        norm = models.lfm2_moe.modeling_lfm2_moe.Lfm2MoeRMSNorm(hidden, eps=config["norm_eps"])
-    norm.weight.data = weight
-    return norm
-
-
-@pytest.mark.parametrize(
-    "family, overrides",
-    [
-        ("qwen3_next", {}),  # zero-centred RMSNorm: x * (1 + w)
-        ("dbrx", {}),  # LayerNorm without bias still subtracts the mean
-        ("lfm2_moe", {"norm_eps": 0.5}),  # its epsilon is norm_eps, large enough to matter
-    ],
-)
-def test_probe_inputs_equal_the_models_own_first_norm(tmp_path, family, overrides):
-    from moetopo.checkpoint.model import open_model
-    from moetopo.checkpoint.probes import first_norm, normalised_embeddings, read_rows
-    from moetopo.fixtures import random_model, write_family
-
-    tiny = random_model(n_layers=2, n_experts=4, seed=11)
-    path = write_family(tiny, family, tmp_path, config_overrides=overrides)
-    model = open_model(path)
-    config = json.loads((path / "config.json").read_text())
-    ids = np.arange(32)
-    weight, _ = first_norm(model.layout)
-    norm = _first_norm_module(family, config, torch.tensor(model.reader.read(weight)))
-    from moetopo.checkpoint.probes import embedding_tensor
-
-    rows = torch.tensor(read_rows(model, embedding_tensor(model.layout), ids))
-    with torch.no_grad():
-        expected = norm(rows).numpy()
-    got = normalised_embeddings(model, ids)
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)

@@ -6,9 +6,9 @@ it in batches and saves, per MoE layer, the raw router logits: the router linear
 output, before softmax, sigmoid, correction bias or top-k. Routers are found by the
 modules transformers declares as router-logit outputs, else by name, and read with
 forward hooks on the router linear, not with ``output_router_logits``: hooks name the
-module (hence the layer index, even when dense layers are interleaved) and work for
-families whose forward returns no router logits (DeepSeek-V3, GLM-4-MoE). torch and
-transformers are imported only when called.
+module (hence the layer index, even when dense layers are interleaved) and need no
+argument that not every family's forward accepts. torch and transformers are imported
+only when called.
 """
 
 from __future__ import annotations
@@ -144,18 +144,23 @@ def batches(ids: Sequence[int], seq_len: int, batch_size: int) -> Iterator[list[
 
 
 def capture_logits(
-    model: Any, ids: Sequence[int], seq_len: int, batch_size: int = 8
+    model: Any,
+    ids: Sequence[int],
+    seq_len: int,
+    batch_size: int = 8,
+    routers: dict[int, tuple[str, Any]] | None = None,
 ) -> dict[int, np.ndarray]:
     """Router logits per moetopo layer, [tokens, n_experts] float32, in text order.
 
     Each router linear's output is computed from its own input (weight, and bias where
     the linear has one) in float32, so it is the logits whatever the router module
-    returns (Llama-4's returns its sigmoid scores first)."""
+    returns (Llama-4's returns its sigmoid scores first). ``routers`` is
+    :func:`router_layers` of the model, found here when not given."""
     import torch
 
     store: dict[int, list[np.ndarray]] = {}
     handles = []
-    for layer, (_, linear) in router_layers(model).items():
+    for layer, (_, linear) in (routers or router_layers(model)).items():
         store[layer] = []
 
         def hook(module: Any, args: tuple, _out: Any, layer: int = layer) -> None:
@@ -238,7 +243,8 @@ def capture_file(
         raise ValueError(f"{text_path}: no tokens to capture")
     limit = getattr(model.config, "max_position_embeddings", None) or 512
     seq_len = seq_len or min(512, int(limit))
-    logits = capture_logits(model, ids, seq_len, batch_size)
+    routers = router_layers(model)
+    logits = capture_logits(model, ids, seq_len, batch_size, routers)
     meta = {
         "model": model_id or model_dir.name,
         "tokens": len(ids),
@@ -251,7 +257,7 @@ def capture_file(
         "layers": sorted(logits),
         "architecture": type(model).__name__,
         # the module each layer's logits were read from, as the model names it
-        "routers": {str(layer): name for layer, (name, _) in router_layers(model).items()},
+        "routers": {str(layer): name for layer, (name, _) in routers.items()},
     }
     save_npz(Path(out), logits, meta, store_dtype, token_ids=ids)
     return meta

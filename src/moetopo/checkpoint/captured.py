@@ -91,6 +91,7 @@ def _npy_header(archive: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...],
 
 def _npz_shapes(path: Path) -> dict[int, tuple[int, int | None]]:
     shapes: dict[int, tuple[int, int | None]] = {}
+    tokens = None
     with zipfile.ZipFile(path) as archive:
         for member in archive.namelist():
             name = member.removesuffix(".npy")
@@ -105,12 +106,12 @@ def _npz_shapes(path: Path) -> dict[int, tuple[int, int | None]]:
                         "float [tokens, experts]"
                     )
                 shapes[int(match.group(1))] = (int(shape[0]), int(shape[1]))
-            elif name == "token_ids" and (len(shape) != 1 or dtype.kind not in "iu"):
-                raise ValueError(f"token_ids is {dtype} of shape {list(shape)}, expected int")
+            elif name == "token_ids":
+                if len(shape) != 1 or dtype.kind not in "iu":
+                    raise ValueError(f"token_ids is {dtype} of shape {list(shape)}, expected int")
+                tokens = int(shape[0])
             elif name == "meta" and (shape != () or dtype.kind != "U"):
                 raise ValueError("meta is not a JSON string")
-        ids = "token_ids.npy" in archive.namelist()
-        tokens = _npy_header(archive, "token_ids.npy")[0][0] if ids else None
     _same_tokens(shapes, tokens)
     return shapes
 

@@ -19,7 +19,13 @@ from moetopo.checkpoint.logical import LogicalTensor, logical_tensors
 from moetopo.checkpoint.shards import Checkpoint
 from moetopo.errors import CheckpointError, NoMoELayersError
 from moetopo.families import FamilySpec, match_family
-from moetopo.families.moe_rules import config_int, config_value, predicted_moe_layers
+from moetopo.families.moe_rules import (
+    config_int,
+    config_value,
+    is_finite_number,
+    is_whole,
+    predicted_moe_layers,
+)
 from moetopo.families.spec import EXPERT_ROLES, Template, skeleton
 from moetopo.families.structural import structural_spec
 
@@ -421,25 +427,19 @@ def _check_routing(params: dict, n_experts: int, path: Path) -> None:
         value = params[key] if value is None else value
         raise CheckpointError(path, f"{key} is {value!r}, expected {expected}")
 
-    def integer(value) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
-
-    def real(value) -> bool:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-
     groups = params["n_group"]
-    if groups is not None and not (integer(groups) and groups >= 1 and n_experts % groups == 0):
+    if groups is not None and not (is_whole(groups) and groups >= 1 and n_experts % groups == 0):
         refuse("n_group", f"a whole number of groups dividing the {n_experts} experts")
     best = params["topk_group"]
-    if best is not None and not (integer(best) and 1 <= best <= (groups or 1)):
+    if best is not None and not (is_whole(best) and 1 <= best <= (groups or 1)):
         refuse("topk_group", f"a whole number from 1 to n_group ({groups or 1})")
     scale = params["routed_scaling_factor"]
-    if scale is not None and not (real(scale) and math.isfinite(scale) and scale > 0):
+    if scale is not None and not (is_finite_number(scale) and scale > 0):
         refuse("routed_scaling_factor", "a finite number above 0")
     if params["norm_topk_prob"] is not None and not isinstance(params["norm_topk_prob"], bool):
         refuse("norm_topk_prob", "true or false")
     eps = params.get("jitter_eps")
-    if eps is not None and not (real(eps) and math.isfinite(eps) and eps >= 0):
+    if eps is not None and not (is_finite_number(eps) and eps >= 0):
         refuse("router_jitter_noise", "a finite number of at least 0", eps)
 
 

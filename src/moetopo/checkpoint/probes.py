@@ -11,7 +11,7 @@ import numpy as np
 from moetopo.checkpoint.layout import ModelLayout
 from moetopo.checkpoint.model import OpenModel
 from moetopo.errors import MoetopoError
-from moetopo.families.moe_rules import config_value
+from moetopo.families.moe_rules import config_value, is_finite_number
 
 _FIRST_NORM_WORDS = (
     "input",
@@ -31,12 +31,14 @@ def embedding_tensor(layout: ModelLayout) -> str:
     names = [n for n in layout.tensors_of("embed") if not layout.roles[n].mtp]
     if not names:
         raise MoetopoError(f"{layout.root}: no input embedding found to draw probe tokens from")
-    if len(layout.stacks) > 1:
-        first = f"{layout.stacks[0]['name']}."
-        own = [n for n in names if first in n]
-        names = own or [n for n in names if not any(f"{s['name']}." in n for s in layout.stacks)]
-        names = names or [n for n in layout.tensors_of("embed") if not layout.roles[n].mtp]
-    return max(names, key=lambda n: (layout.logical[n].numel, n))
+    stacks = [f"{s['name']}." for s in layout.stacks] if len(layout.stacks) > 1 else []
+
+    def preference(name: str) -> int:  # the first stack's own, then a shared one
+        if stacks and stacks[0] in name:
+            return 2
+        return 0 if any(s in name for s in stacks) else 1
+
+    return max(names, key=lambda n: (preference(n), layout.logical[n].numel, n))
 
 
 def first_norm(layout: ModelLayout) -> tuple[str | None, str | None]:
@@ -91,7 +93,7 @@ def normalised_embeddings(model: OpenModel, token_ids: np.ndarray) -> np.ndarray
         return x.astype(np.float32)
     weight, bias = first_norm(layout)
     eps = config_value(model.checkpoint.config, layout.spec.config.get("norm_eps") or _EPS_KEYS)
-    if not isinstance(eps, int | float) or isinstance(eps, bool) or eps < 0:
+    if not is_finite_number(eps) or eps < 0:
         eps = layout.spec.defaults.get("norm_eps", 1e-6)
     if bias is not None or layout.spec.defaults.get("norm") == "layernorm":  # subtract mean
         x = x - x.mean(axis=1, keepdims=True)
@@ -113,8 +115,7 @@ def _embedding_scale(config: dict, hidden: int) -> float:
         if source.get("scale_embedding") is True:
             return float(np.sqrt(hidden))
         multiplier = source.get("embedding_multiplier")
-        numeric = isinstance(multiplier, int | float) and not isinstance(multiplier, bool)
-        if numeric and np.isfinite(multiplier) and multiplier > 0:
+        if is_finite_number(multiplier) and multiplier > 0:
             return float(multiplier)
     return 1.0
 

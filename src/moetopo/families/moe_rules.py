@@ -7,6 +7,7 @@ and tensors can be reported instead of silently trusted.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 SUB_CONFIGS = ("text_config", "language_config", "llm_config")
@@ -39,10 +40,20 @@ def _lookup(scope: dict, key: str):
     return value
 
 
+def is_whole(value) -> bool:
+    """An integer from JSON: true and false are not numbers here."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value) -> bool:
+    """A finite integer or float from JSON (not a bool, not NaN or Infinity)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def config_int(config: dict, keys: list[str] | None, default: int | None = None) -> int | None:
     """:func:`config_value` when it is an integer (a bool is not), else ``default``."""
     value = config_value(config, keys or [])
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
+    return value if is_whole(value) else default
 
 
 def _all(n, config, keys):

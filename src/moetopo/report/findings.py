@@ -248,13 +248,13 @@ def tally(table: pd.DataFrame, alpha: float) -> str:
     were decided on their own but not once all of them are counted."""
     counts = table.verdict.value_counts()
     parts = [f"{counts.get(v, 0)} {v}" for v in ("supported", "contradicted", "inconclusive")]
-    unadjusted = table.get("verdict_unadjusted", table.verdict)
-    lost = int(((unadjusted != "inconclusive") & (table.verdict == "inconclusive")).sum())
+    undone = (table.verdict_unadjusted != "inconclusive") & (table.verdict == "inconclusive")
+    lost = int(undone.sum())
     out = f"{len(table)} tests: {', '.join(parts)}"
     if lost:
         out += (
             f" ({lost} decided on their own, but not at Benjamini-Hochberg adjusted "
-            f"p ≤ {alpha:g} over these {len(table)} tests)"
+            f"p ≤ {alpha:g} over the tests of this level)"
         )
     return out
 
