@@ -515,6 +515,9 @@ def test_the_verdict_in_words_is_the_artefacts(report):
             assert f"= {fmt.fixed(row.estimate)}, {row.ci_method} interval" in verdict
         assert f": {row.verdict}" in verdict
     assert f"Measured on {rows.n_models.iloc[0]} models" in verdict
+    # the lead asks; only the adjusted verdicts after it answer
+    assert verdict.split("**", 2)[1].startswith("Conjecture tested: does ")
+    assert "In short, with verdicts adjusted for the number of tests: across models" in verdict
     model_level = conjecture[conjecture.level == "model"]
     # no decided verdict rests on a test that the adjustment for many tests undoes
     decided = model_level.verdict != "inconclusive"

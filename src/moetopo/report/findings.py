@@ -291,13 +291,17 @@ def conjecture_verdict(data: ReportData) -> list[str]:
     level = f"{100 * confidence_level(params):g}%"
     direction = "higher" if params.get("higher_is_better", True) else "lower"
     lead = (
-        f"Conjecture: {METRICS.get(first.metric, first.metric)} ({first.source} distances) "
-        f"tracks the score. Measured on {fmt.count(first.n_models)} models with "
+        f"Conjecture tested: does {METRICS.get(first.metric, first.metric)} ({first.source} "
+        f"distances) track the score? Measured on {fmt.count(first.n_models)} models with "
         f"{level} bootstrap intervals; a positive estimate means more H1 per activated "
         f"parameter goes with a better score (here {direction} is better)."
     )
     out = [note] if note else []
-    out.append(lead + " In short: " + in_short(model_rows, layer_rows))
+    out.append(
+        lead
+        + " In short, with verdicts adjusted for the number of tests: "
+        + in_short(model_rows, layer_rows)
+    )
     if not model_rows.empty:
         out.append(
             "Across models: " + " ".join(statistic_sentence(r) for r in model_rows.itertuples())
