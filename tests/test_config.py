@@ -77,7 +77,7 @@ def test_config_yaml_shows_exactly_the_schema_defaults():
 # (code default, schema section, schema key)
 CODE_DEFAULTS = [
     *((TopologyParams, "cohomology", key) for key in (
-        "maxdim", "noise_floor", "noise_floor_mode", "stalk_dim", "rtol", "n_eigenvalues",
+        "maxdim", "significance_level", "null_draws", "stalk_dim", "rtol", "n_eigenvalues",
         "hodge_signal", "n_critical_edges", "max_triangles",
     )),
     (TopologyParams, "cohomology", "epsilon_quantiles"),
@@ -87,6 +87,7 @@ CODE_DEFAULTS = [
     )),
     (CohomologySettings, "probe", "function_tokens"),
     (CohomologySettings, "probe", "seed"),
+    (TopologyParams, "probe", "seed"),
     (layer_distances, "probe", "function_tokens"),
     (layer_distances, "probe", "seed"),
     (cluster_tables, "clusters", "linkage"),

@@ -124,7 +124,8 @@ def model_tables_for(k: int, rng: np.random.Generator) -> tuple[dict, pd.DataFra
                             "death": e,
                             "persistence": e - b,
                             "significant": dim == 0 or n < h1 - (layer == 2),
-                            "noise_floor": 0.1,
+                            "p_value": 0.01 if dim == 0 or n < h1 - (layer == 2) else 0.5,
+                            "threshold": 0.1,
                         }
                     )
             sheaf.append(
@@ -156,11 +157,11 @@ def model_tables_for(k: int, rng: np.random.Generator) -> tuple[dict, pd.DataFra
                     "betti1": betti,
                     "n_edges": 5,
                     "n_triangles": 1,
-                    "orthogonality": 1e-16,
+                    "residual": 1e-16,
                     "iterations": 1,
                 }
             )
-            for metric, value in (("h1_significant", h1), ("h1_total_persistence", 0.4 * h1)):
+            for metric, value in (("h1_significant", h1), ("h1_significant_persistence", 0.4 * h1)):
                 summary_rows.append(
                     {"layer": layer, "source": source, "metric": metric, "value": float(value)}
                 )
@@ -526,6 +527,42 @@ def test_the_verdict_in_words_is_the_artefacts(report):
     assert f"{len(model_level)} tests: {counts.get('supported', 0)} supported" in page
     for caveat in ("controlling for size", "resample whole models", "m4-ft"):
         assert caveat in verdict
+
+
+def test_a_study_without_any_nonzero_metric_says_not_measurable():
+    from types import SimpleNamespace
+
+    from moetopo.report.findings import conjecture_verdict
+
+    names = [f"m{k}" for k in range(6)]
+    models = pd.DataFrame(
+        {
+            "model": names,
+            "source": "router_l1",
+            "metric": "h1_count",
+            "score": np.linspace(1.5, 2.5, 6),
+            "h1_per_active_param": 0.0,
+            "total_params": np.geomspace(1e6, 1e9, 6),
+        }
+    )
+    layers = models.assign(layer=0, per_active_param=0.0)[
+        ["model", "layer", "source", "metric", "score", "per_active_param"]
+    ]
+    table = conjecture_rows(
+        models, layers, higher_is_better=False, confidence_level=0.95, n_resamples=199,
+        seed=0, min_models=3,
+    )  # fmt: skip
+    assert (table.n_nonzero == 0).all() and (table.verdict == "inconclusive").all()
+    assert table.reason.str.startswith("no scored model has a nonzero").all()
+    data = SimpleNamespace(
+        conjecture=table,
+        settings={"metric": "h1_count_per_active_param", "source": "router_l1"},
+        conjecture_params={"confidence_level": 0.95, "higher_is_better": False},
+    )
+    lead, tallies = conjecture_verdict(data)
+    assert lead.startswith("Not measurable here: does significant H1 bars per activated")
+    assert "None of the 6 scored models has a nonzero value" in lead
+    assert tallies.startswith("All metrics and sources, model level: 4 tests: 0 supported")
 
 
 def test_markdown_twin_has_the_sections_and_links_its_figures(report):

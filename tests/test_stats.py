@@ -379,6 +379,28 @@ def test_conjecture_table_has_one_sorted_row_per_metric_and_statistic():
     )
 
 
+def test_a_study_with_one_nonzero_model_is_inconclusive_whatever_its_interval():
+    # one model with H1, the rest zero: the correlation is that model against the others
+    models = models_frame(n=12)
+    models["h1_per_active_param"] = 0.0
+    best = models["score"].idxmin()  # a loss: the best model has the one nonzero metric
+    models.loc[best, "h1_per_active_param"] = 1.0
+    table = conjecture_table(models, ["h1_per_active_param"], higher_is_better=False, **FAST)
+    assert (table["n_nonzero"] == 1).all()
+    assert (table["verdict"] == "inconclusive").all()
+    assert table["reason"].str.startswith("only 1 of 12 scored models have a nonzero").any()
+
+
+def test_half_of_the_models_nonzero_is_enough_to_decide():
+    models = models_frame(n=12)
+    order = models["score"].sort_values().index
+    models.loc[order[6:], "h1_per_active_param"] = 0.0  # the six worst have none
+    table = conjecture_table(models, ["h1_per_active_param"], higher_is_better=False, **FAST)
+    assert (table["n_nonzero"] == 6).all()
+    raw = table.set_index("statistic").loc["pearson"]
+    assert raw["verdict"] == "supported" and "only" not in raw["reason"]
+
+
 def test_conjecture_table_names_a_missing_column():
     with pytest.raises(ValueError, match="lacks column"):
         conjecture_table(models_frame(), ["no_such_metric"], **FAST)

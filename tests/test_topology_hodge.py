@@ -19,7 +19,13 @@ from moetopo.topology.complex import (
     epsilon_for_density,
     rips_complex,
 )
-from moetopo.topology.hodge import betti1, harmonic_critical_edges, hodge_decomposition
+from moetopo.topology.hodge import (
+    betti1,
+    expected_energies,
+    harmonic_critical_edges,
+    hodge_decomposition,
+    projector_diagonals,
+)
 from moetopo.topology.persistence import vietoris_rips_diagrams
 
 from _topology_cases import (
@@ -183,7 +189,42 @@ def test_harmonic_critical_edges_are_the_largest_harmonic_components():
     s = np.random.default_rng(1).normal(size=cx.n_edges)
     dec = hodge_decomposition(cx, s, betti1=betti1(cx))
     assert dec.betti1 == 2
-    top = harmonic_critical_edges(dec, 3)
+    top = harmonic_critical_edges(dec.harmonic**2, 3)
     magnitude = np.abs(dec.harmonic)
     assert list(top) == list(np.argsort(-magnitude, kind="stable")[:3])
-    assert len(harmonic_critical_edges(dec, 100)) == 8  # only the 8 square edges carry any
+    assert len(harmonic_critical_edges(dec.harmonic**2, 100)) == 8  # the squares' edges
+    shares = projector_diagonals(cx, betti1=2).harmonic
+    np.testing.assert_allclose(np.sort(shares)[-8:], 0.25)  # each square: 4 edges share 1
+    assert len(harmonic_critical_edges(s**2 * shares, 100)) == 8
+
+
+@SETTINGS
+@given(d=distance_matrices(max_n=8), u=scales, data=st.data())
+def test_expected_energies_are_the_mean_split_over_every_orientation(d, u, data):
+    # The known answer: average the oriented decomposition over all 2^m sign choices.
+    cx = rips_complex(d, midpoint_scale(d, u))
+    if not 0 < cx.n_edges <= 10:
+        return
+    s = data.draw(hnp.arrays(np.float64, cx.n_edges, elements=st.floats(0.1, 10.0)))
+    b1 = betti1(cx)
+    signs = np.array(np.meshgrid(*[[-1.0, 1.0]] * cx.n_edges)).reshape(cx.n_edges, -1).T
+    mean = np.mean([hodge_decomposition(cx, g * s, betti1=b1).energies for g in signs], axis=0)
+    diagonals = projector_diagonals(cx, betti1=b1)
+    np.testing.assert_allclose(expected_energies(diagonals, s), mean, rtol=1e-8, atol=1e-9)
+    # traces: rank B1 = n - components, dim of the harmonic space = b1
+    components = cx.n_vertices - np.linalg.matrix_rank(boundary_matrices(cx)[0].toarray())
+    assert diagonals.gradient.sum() == pytest.approx(cx.n_vertices - components, abs=1e-8)
+    assert diagonals.harmonic.sum() == pytest.approx(b1, abs=1e-8)
+    assert diagonals.residual < 1e-9
+
+
+@SETTINGS
+@given(d=distance_matrices(max_n=10), u=scales, data=st.data())
+def test_flipping_any_half_of_the_edges_changes_no_expected_energy(d, u, data):
+    cx = rips_complex(d, midpoint_scale(d, u))
+    s = d[cx.edges[:, 0], cx.edges[:, 1]]
+    flip = data.draw(hnp.arrays(bool, cx.n_edges))
+    diagonals = projector_diagonals(cx, betti1=betti1(cx))
+    np.testing.assert_array_equal(
+        expected_energies(diagonals, s), expected_energies(diagonals, np.where(flip, -s, s))
+    )

@@ -87,18 +87,18 @@ def test_triplet_barrier_is_the_excess_over_the_mean_pair_and_respects_the_cap()
 def test_hodgecover_first_keeps_both_ends_of_the_harmonic_edge_then_follows_load():
     d = squareform(pdist(np.array([[0.0], [1.0], [2.0], [3.0], [4.0]])))
     cx = rips_complex(d, 1.5)  # a path: edges (0,1) (1,2) (2,3) (3,4), no triangles
-    harmonic = np.array([0.0, 0.0, 3.0, 0.0])  # all on edge (2, 3)
+    energy = np.array([0.0, 0.0, 9.0, 0.0])  # all on edge (2, 3)
     load = np.array([0.5, 0.1, 0.2, 0.3, 0.4])
-    order = hodgecover_ranking(cx, harmonic, np.zeros(0), load)
+    order = hodgecover_ranking(cx, energy, np.zeros(0), load)
     assert list(order) == [3, 2, 0, 4, 1]  # (2,3) by load within the tie, then by load
 
 
 def test_hodgecover_weighs_edges_and_triangles_equally_whatever_their_units():
     d = squareform(pdist(np.array([[0.0], [1.0], [2.0], [10.0], [11.0]])))
     cx = rips_complex(d, 2.5)  # triangle (0,1,2) and edge (3,4)
-    harmonic = np.where((cx.edges == [3, 4]).all(axis=1), 1e6, 0.0)
+    energy = np.where((cx.edges == [3, 4]).all(axis=1), 1e12, 0.0)
     for barrier_scale in (1e-6, 1e6):
-        order = hodgecover_ranking(cx, harmonic, np.array([barrier_scale]), np.arange(5.0))
+        order = hodgecover_ranking(cx, energy, np.array([barrier_scale]), np.arange(5.0))
         # edge (3,4): 1/2 per endpoint; triangle: 1/2 for each of its first two vertices
         assert set(order[:4]) == {3, 4, 1, 2}
 

@@ -1,4 +1,4 @@
-"""Known answers and properties of Vietoris-Rips persistence, noise floors and bottleneck."""
+"""Known answers and properties of Vietoris-Rips persistence, thresholds and bottleneck."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from scipy.spatial.distance import pdist, squareform
 from moetopo.topology.persistence import (
     bottleneck_distance,
     check_coefficient,
-    noise_floor,
     persistent_entropy,
     summarize,
     vietoris_rips_diagrams,
@@ -57,7 +56,7 @@ def test_regular_polygon_has_one_h1_bar_born_at_the_side_dying_at_the_third_chor
     # a circle while k/n < 1/3 and has no H1 from k/n >= 1/3 on (Adamaszek-Adams 2017), so
     # the one H1 class is born at the side c(1) and dies at the chord c(ceil(n/3)).
     d = circle(2 * np.pi * np.arange(n) / n, radius, rotation)
-    dgm = vietoris_rips_diagrams(d, noise_floor=noise_floor(d, 0.01))
+    dgm = vietoris_rips_diagrams(d, threshold=0.01 * np.median(d[np.triu_indices(n, 1)]))
     h1 = dgm[(dgm["dim"] == 1) & dgm["significant"]]
     assert len(h1) == 1
     assert h1["birth"].iloc[0] == pytest.approx(chord(radius, n, 1), rel=1e-5)
@@ -76,7 +75,7 @@ def test_jittered_circle_h1_is_born_when_the_widest_gap_closes(jitter, rotation)
     n = len(jitter)
     angles = 2 * np.pi * (np.arange(n) + jitter) / n
     d = circle(angles, 1.0, rotation)
-    dgm = vietoris_rips_diagrams(d, noise_floor=noise_floor(d, 0.05))
+    dgm = vietoris_rips_diagrams(d, threshold=0.05 * np.median(d[np.triu_indices(n, 1)]))
     h1 = dgm[(dgm["dim"] == 1) & dgm["significant"]]
     gaps = np.array([d[i, (i + 1) % n] for i in range(n)])
     assert len(h1) == 1
@@ -88,7 +87,7 @@ def test_three_separated_clusters_give_two_finite_and_one_essential_significant_
     centres = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 25.0, 0.0]])
     points = np.concatenate([c + 0.1 * rng.normal(size=(7, 3)) for c in centres])
     d = squareform(pdist(points))
-    dgm = vietoris_rips_diagrams(d, noise_floor=1.0)
+    dgm = vietoris_rips_diagrams(d, threshold=1.0)
     h0 = dgm[(dgm["dim"] == 0) & dgm["significant"]]
     assert len(h0) == 3
     assert np.isinf(h0["death"]).sum() == 1
@@ -132,13 +131,10 @@ def test_diagrams_match_gudhi(d):
         assert bottleneck_distance(mine[["birth", "death"]].to_numpy(), theirs) < 1e-5
 
 
-def test_noise_floor_modes_and_significance():
+def test_thresholds_mark_significance_per_dimension():
     d = np.array([[0.0, 1.0, 2.0], [1.0, 0.0, 4.0], [2.0, 4.0, 0.0]])
-    assert noise_floor(d, 0.5, "relative") == 1.0  # 0.5 x median(1, 2, 4)
-    assert noise_floor(d, 0.5, "absolute") == 0.5
-    with pytest.raises(ValueError):
-        noise_floor(d, 0.5, "percent")
-    dgm = vietoris_rips_diagrams(d, noise_floor=1.0)
+    assert vietoris_rips_diagrams(d, threshold=[3.0, 0.0])["significant"].sum() == 1
+    dgm = vietoris_rips_diagrams(d, threshold=1.0)
     h0 = dgm[dgm["dim"] == 0]
     # H0 deaths are the MST edges 1 and 2 plus the essential class: only 2 and inf exceed 1.
     assert sorted(h0["death"]) == [1.0, 2.0, np.inf]
@@ -167,6 +163,7 @@ def test_summary_counts_and_finite_persistence():
     s = summarize(table, 1)
     assert (s.n_bars, s.n_essential, s.n_significant) == (3, 1, 2)
     assert (s.total_persistence, s.max_persistence) == (1.5, 1.0)
+    assert s.significant_persistence == 1.0  # the 0.5 bar is not significant
     assert s.entropy == pytest.approx(persistent_entropy(np.array([1.0, 0.5])))
 
 

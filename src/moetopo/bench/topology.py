@@ -2,12 +2,14 @@
 
 Experts are random points in R^32 (so the distances look like real expert distances: all
 similar, none tiny), the scale is the 0.3 quantile (~30% edge density), and every part runs:
-persistence, the Procrustes sheaf (d = 2, in_dim 64), the Hodge decomposition and HodgeCover
-with a cheap synthetic merge barrier and the triangle cap. The naive version builds the same
-complex with Python loops over vertex triples, dense boundary matrices and coboundary in
-loops, Betti numbers and sheaf ranks with numpy.linalg.matrix_rank and the Hodge parts with
-dense least squares; it runs in a child process, given ``--naive-timeout`` seconds, and
-larger sizes are skipped once it fails to finish or its dense matrices would not fit.
+persistence with its null model (the same ripser calls in both versions), the Procrustes
+sheaf (d = 2, in_dim 64), the orientation-free Hodge split and HodgeCover with a cheap
+synthetic merge barrier and the triangle cap. The naive version builds the same complex
+with Python loops over vertex triples, dense boundary matrices and coboundary in loops,
+Betti numbers and sheaf ranks with numpy.linalg.matrix_rank and the Hodge projectors'
+diagonals from dense pseudo-inverses; it runs in a child process, given
+``--naive-timeout`` seconds, and larger sizes are skipped once it fails to finish or its
+dense matrices would not fit.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from moetopo.stages.cohomology import topology_tables
 from moetopo.topology.complex import epsilon_at_quantile, rips_complex
 from moetopo.topology.hodgecover import hodgecover_ranking
 from moetopo.topology.layer import TopologyParams, layer_topology
+from moetopo.topology.null import calibrate, null_seed
 from moetopo.topology.persistence import vietoris_rips_diagrams
 from moetopo.topology.sheaf import procrustes_maps
 
@@ -81,7 +84,12 @@ def naive(case: dict, quantile: float) -> dict:
     start = time.perf_counter()
     d = case["distances"]
     n = len(d)
-    vietoris_rips_diagrams(d)
+    params = TopologyParams()
+    rng = null_seed(params.seed, 0, "function")
+    null = calibrate(
+        d, kind="squared", maxdim=1, coeff=127, level=0.01, draws=params.null_draws, rng=rng
+    )
+    vietoris_rips_diagrams(d, threshold=null.thresholds)
     eps = epsilon_at_quantile(d, quantile)
     edges = [(i, j) for i in range(n) for j in range(i + 1, n) if d[i, j] <= eps]
     index = {e: k for k, e in enumerate(edges)}
@@ -100,9 +108,9 @@ def naive(case: dict, quantile: float) -> dict:
         b2m[index[j, k], t], b2m[index[i, k], t], b2m[index[i, j], t] = 1.0, -1.0, 1.0
     betti1 = len(edges) - np.linalg.matrix_rank(b1m) - np.linalg.matrix_rank(b2m)
     signal = np.array([d[e] for e in edges])
-    gradient = b1m.T @ np.linalg.lstsq(b1m.T, signal, rcond=None)[0]
-    curl = b2m @ np.linalg.lstsq(b2m, signal, rcond=None)[0]
-    harmonic = signal - gradient - curl
+    gradient = np.diag(b1m.T @ np.linalg.pinv(b1m.T))
+    curl = np.diag(b2m @ np.linalg.pinv(b2m)) if triangles else np.zeros(len(edges))
+    harmonic_energy = signal**2 * np.clip(1 - gradient - curl, 0, None)
     maps = procrustes_maps(case["frames"], np.array(edges))
     delta = np.zeros((2 * len(edges), 2 * n))
     for e, (i, j) in enumerate(edges):
@@ -111,7 +119,8 @@ def naive(case: dict, quantile: float) -> dict:
         delta[2 * e : 2 * e + 2, 2 * i : 2 * i + 2] = -w * maps[e]
     h0 = 2 * n - np.linalg.matrix_rank(delta)
     np.linalg.eigvalsh(delta.T @ delta)
-    hodgecover_ranking(rips_complex(d, eps), harmonic, np.zeros(len(triangles)), case["load"])
+    cx = rips_complex(d, eps)
+    hodgecover_ranking(cx, harmonic_energy, np.zeros(len(triangles)), case["load"])
     return {"seconds": time.perf_counter() - start, "b1": int(betti1), "h0": int(h0)}
 
 

@@ -21,7 +21,7 @@ STATISTICS = {
 }
 METRICS = {
     "h1_count_per_active_param": "significant H1 bars per activated parameter",
-    "h1_persistence_per_active_param": "total H1 persistence per activated parameter",
+    "h1_persistence_per_active_param": "significant H1 persistence per activated parameter",
 }
 MAX_LISTED = 12
 
@@ -297,6 +297,21 @@ def conjecture_verdict(data: ReportData) -> list[str]:
         f"parameter goes with a better score (here {direction} is better)."
     )
     out = [note] if note else []
+    table = data.conjecture
+    alpha = 1.0 - confidence_level(params)
+    tallies = (
+        f"All metrics and sources, model level: {tally(table[table.level == 'model'], alpha)}; "
+        f"layer level: {tally(table[table.level == 'layer'], alpha)}."
+    )
+    if (rows.n_nonzero == 0).all():
+        metric = METRICS.get(first.metric, first.metric)
+        out.append(
+            f"Not measurable here: does {metric} ({first.source} distances) track the score? "
+            f"None of the {fmt.count(first.n_models)} scored models has a nonzero value; "
+            "every H1 bar is within what shapeless layers of the same spread show (the "
+            "null model), so there is nothing to correlate."
+        )
+        return [*out, tallies]
     out.append(
         lead
         + " In short, with verdicts adjusted for the number of tests: "
@@ -312,12 +327,7 @@ def conjecture_verdict(data: ReportData) -> list[str]:
             f"Across {n_layers} MoE layers, resampling whole models: "
             + " ".join(statistic_sentence(r) for r in layer_rows.itertuples())
         )
-    table = data.conjecture
-    alpha = 1.0 - confidence_level(params)
-    out.append(
-        f"All metrics and sources, model level: {tally(table[table.level == 'model'], alpha)}; "
-        f"layer level: {tally(table[table.level == 'layer'], alpha)}."
-    )
+    out.append(tallies)
     return out
 
 
@@ -339,7 +349,7 @@ def sparse_metric(data: ReportData) -> str:
         & stats.score.notna()
     ]
     nonzero = int((stats.h1_total > 0).sum())
-    if not len(stats) or 2 * nonzero >= len(stats):
+    if not nonzero or 2 * nonzero >= len(stats):  # none: the lead says it
         return ""
     return (
         f"Only {nonzero} of {len(stats)} scored models have any H1 for {source}: the "

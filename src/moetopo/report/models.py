@@ -201,7 +201,8 @@ def model_section(model: ModelData, data: ReportData) -> Details:
             f"figures/persistence/{name}.png",
             figures.persistence(model),
             "Persistence diagrams (Vietoris-Rips), all MoE layers pooled; filled points are "
-            "significant bars, hollow ones below the noise floor; ∞ marks essential classes.",
+            "bars longer than shapeless layers of the same spread show (the null model), "
+            "hollow ones are not; ∞ marks essential classes.",
         ),
         Figure(
             f"figures/hodge/{name}.png",

@@ -107,6 +107,7 @@ def layer_cohomology(
         merge_barrier=barrier,
         groups=groups,
         params=params,
+        layer=layer,
     )
     return topology_tables(layer, result)
 
@@ -114,8 +115,7 @@ def layer_cohomology(
 def topology_tables(layer: int, result: LayerTopology) -> dict[str, pd.DataFrame]:
     """The layer's topology as the artefacts' tables, rows in the registry's order."""
     persistence = [
-        bars.assign(layer=layer, source=source, noise_floor=result.noise_floors[source])
-        for source, bars in result.diagrams.items()
+        bars.assign(layer=layer, source=source) for source, bars in result.diagrams.items()
     ]
     sheaf, hodge, critical = [], [], []
     for scale in result.scales:

@@ -1,8 +1,9 @@
 """The conjecture stage: H1 per activated parameter per model, and whether it tracks the score.
 
 Two H1 metrics per distance source: the number of significant H1 bars
-summed over MoE layers, and the total H1 persistence summed over MoE layers, each
-divided by the parameters a token activates. Correlations with the score come with
+summed over MoE layers, and the persistence of those significant bars summed over MoE
+layers (bars the null model calls noise add nothing), each divided by the parameters a
+token activates. Correlations with the score come with
 bootstrap intervals and permutation p-values (moetopo.stats); the layer-level view
 resamples models, not layers. Every p-value also comes adjusted for the number of
 tests of its level (Benjamini-Hochberg), since a study runs dozens of them.
@@ -19,7 +20,7 @@ from moetopo.stats import (
     with_adjusted_p,
 )
 
-METRICS = {"h1_count": "h1_significant", "h1_persistence": "h1_total_persistence"}
+METRICS = {"h1_count": "h1_significant", "h1_persistence": "h1_significant_persistence"}
 
 
 def model_tables(

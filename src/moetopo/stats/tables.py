@@ -26,6 +26,7 @@ MODEL_COLUMNS = {
     "ci_method": _TEXT,
     "p_value": _REAL,
     "n_models": _COUNT,
+    "n_nonzero": _COUNT,
     "verdict": _TEXT,
     "reason": _TEXT,
 }
@@ -80,7 +81,8 @@ def conjecture_table(
                 names=(metric, score_col, f"log10({size_col})"),
                 **options,
             )
-            rows += [_row("model", metric, raw), _row("model", metric, partial)]
+            nonzero = _nonzero_models(x, score, np.arange(len(x)))
+            rows += [_row("model", metric, r, nonzero) for r in (raw, partial)]
     return _typed(rows, MODEL_COLUMNS)
 
 
@@ -120,7 +122,8 @@ def layer_conjecture_table(
                 higher_is_better=higher_is_better,
                 names=(metric, score_col),
             )
-            rows.append({**_row("layer", metric, result), "n_layers": result.n})
+            nonzero = _nonzero_models(_column(layers, metric), score, groups)
+            rows.append({**_row("layer", metric, result, nonzero), "n_layers": result.n})
     return _typed(rows, LAYER_COLUMNS)
 
 
@@ -174,10 +177,31 @@ def _column(frame: pd.DataFrame, name: str) -> np.ndarray:
     return pd.to_numeric(frame[name]).to_numpy(dtype=float, na_value=np.nan)
 
 
-def _row(level: str, metric: str, result: CorrelationResult) -> dict:
+def _nonzero_models(x: np.ndarray, score: np.ndarray, models: np.ndarray) -> tuple[int, int]:
+    """(models with a nonzero metric, models scored and measured), a model counting as
+    nonzero when any of its rows is."""
+    measured = np.isfinite(x) & np.isfinite(score)
+    return len(set(models[measured & (x != 0)])), len(set(models[measured]))
+
+
+def _row(level: str, metric: str, result: CorrelationResult, nonzero: tuple[int, int]) -> dict:
+    """The table row of ``result``; inconclusive whenever fewer than half of the scored
+    models have a nonzero metric, since a correlation then rests on those few (with one
+    nonzero model, every resample that keeps it "excludes 0")."""
+    result_metric, (k, n) = metric, nonzero
+    verdict, reason = result.verdict, result.reason
+    metric = metric.replace(":", " of ")  # the conjecture stage's metric:source
+    if k == 0 and n:
+        verdict, reason = "inconclusive", f"no scored model has a nonzero {metric}: not measurable"
+    elif 2 * k < n:
+        verdict = "inconclusive"
+        reason = (
+            f"only {k} of {n} scored models have a nonzero {metric}: {result.verdict} on "
+            f"those few, not a trend across models; {reason}"
+        )
     return {
         "level": level,
-        "metric": metric,
+        "metric": result_metric,
         "statistic": result.statistic,
         "estimate": result.estimate,
         "ci_low": result.ci_low,
@@ -185,8 +209,9 @@ def _row(level: str, metric: str, result: CorrelationResult) -> dict:
         "ci_method": result.ci_method,
         "p_value": result.p_value,
         "n_models": result.n_groups,
-        "verdict": result.verdict,
-        "reason": result.reason,
+        "n_nonzero": k,
+        "verdict": verdict,
+        "reason": reason,
     }
 
 

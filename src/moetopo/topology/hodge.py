@@ -5,6 +5,13 @@ splits orthogonally as s = gradient + curl + harmonic with gradient in im(B1^T),
 im(B2) and harmonic in ker(L1), L1 = B1^T B1 + B2 B2^T. The harmonic part is what no vertex
 potential and no triangle explains: flow around the holes of the complex, so it is zero
 whenever b1 = dim ker(L1) = 0.
+
+A symmetric edge signal (a distance, a merge barrier) has no orientation, and the split of
+any one orientation of it depends on that choice. What does not is the split averaged over
+all orientations: with independent random signs the cross terms vanish, so the expected
+energy of each part is sum_e s_e^2 P_ee for that part's orthogonal projector P
+(:func:`projector_diagonals`, :func:`expected_energies`). P_G's diagonal is the effective
+resistance of each edge; P_H's, the edge's share of the harmonic space (it sums to b1).
 """
 
 from __future__ import annotations
@@ -102,23 +109,98 @@ def hodge_decomposition(
 
 def _potential(cx: RipsComplex, b1: sparse.csr_matrix, s: np.ndarray) -> np.ndarray:
     """Vertex potential phi with B1 B1^T phi = B1 s and zero sum on every component."""
-    n = cx.n_vertices
     if cx.n_edges == 0:
-        return np.zeros(n)
+        return np.zeros(cx.n_vertices)
+    return _gauge_fixed_inverse(cx, b1) @ (b1 @ s)
+
+
+@dataclass(frozen=True)
+class ProjectorDiagonals:
+    """Diagonals of the gradient and harmonic projectors of a complex (the curl's is the rest).
+
+    ``residual`` is the largest entry of |B1 H| or |B2^T H| over the orthonormal harmonic
+    basis H the harmonic diagonal comes from: how far that basis is from harmonic.
+    ``iterations`` counts its LSQR steps.
+    """
+
+    gradient: np.ndarray
+    harmonic: np.ndarray
+    betti1: int
+    residual: float
+    iterations: int
+
+    @property
+    def curl(self) -> np.ndarray:
+        return np.clip(1.0 - self.gradient - self.harmonic, 0.0, None)
+
+
+def projector_diagonals(
+    cx: RipsComplex, *, betti1: int, tol: float = 1e-12, oversample: int = 8
+) -> ProjectorDiagonals:
+    """(P_G)_ee and (P_H)_ee for every edge of ``cx``.
+
+    P_G = B1^T L0^+ B1, so (P_G)_ee is the effective resistance between e's ends (computed
+    with the gauge-fixed Laplacian of :func:`hodge_decomposition`). P_H projects onto the
+    b1-dimensional harmonic space: without triangles that is all of ker B1, so P_H = I - P_G;
+    otherwise its basis is the span of the harmonic parts of b1 + ``oversample`` Gaussian
+    flows (exact, as P_H has rank b1), orthonormalised by an SVD.
+    """
+    m = cx.n_edges
+    if m == 0:
+        return ProjectorDiagonals(np.zeros(0), np.zeros(0), 0, 0.0, 0)
+    b1, b2 = boundary_matrices(cx)
+    inverse = _gauge_fixed_inverse(cx, b1)
+    i, j = cx.edges.T
+    gradient = inverse[i, i] + inverse[j, j] - inverse[i, j] - inverse[j, i]
+    iterations, residual = 0, 0.0
+    if betti1 == 0:
+        harmonic = np.zeros(m)
+    elif cx.n_triangles == 0:
+        harmonic = 1.0 - gradient
+    else:
+        rng = np.random.default_rng(0)
+        flows = rng.standard_normal((m, betti1 + oversample))
+        rest = flows - b1.T @ (inverse @ (b1 @ flows))
+        parts = np.empty_like(rest)
+        for c in range(rest.shape[1]):
+            limit = max(1000, 10 * m)
+            result = lsqr(b2, rest[:, c], atol=tol, btol=tol, conlim=1e16, iter_lim=limit)
+            parts[:, c] = rest[:, c] - b2 @ result[0]
+            iterations += int(result[2])
+        basis = linalg.svd(parts, full_matrices=False)[0][:, :betti1]
+        harmonic = (basis**2).sum(axis=1)
+        residual = float(max(np.abs(b1 @ basis).max(), np.abs(b2.T @ basis).max()))
+    gradient = np.clip(gradient, 0.0, 1.0)
+    return ProjectorDiagonals(gradient, harmonic, int(betti1), residual, iterations)
+
+
+def expected_energies(
+    diagonals: ProjectorDiagonals, signal: np.ndarray
+) -> tuple[float, float, float]:
+    """Gradient, curl and harmonic energy of ``signal`` averaged over every orientation of
+    its edges: sum_e s_e^2 P_ee per part. They add up to ||s||^2."""
+    s2 = np.asarray(signal, dtype=np.float64) ** 2
+    grad = float(s2 @ diagonals.gradient)
+    harm = float(s2 @ diagonals.harmonic)
+    return grad, float(s2.sum()) - grad - harm, harm
+
+
+def _gauge_fixed_inverse(cx: RipsComplex, b1: sparse.csr_matrix) -> np.ndarray:
+    """(B1 B1^T + J)^-1, J all-ones on each connected component's block: on vectors summing
+    to zero per component (as B1 s does) it acts as the Laplacian's pseudo-inverse."""
     _, labels = connected_components(abs(b1) @ abs(b1).T, directed=False)
     system = (b1 @ b1.T).toarray() + (labels[:, None] == labels[None, :])
-    return linalg.cho_solve(linalg.cho_factor(system), b1 @ s)
+    return linalg.cho_solve(linalg.cho_factor(system), np.eye(cx.n_vertices))
 
 
-def harmonic_critical_edges(
-    decomposition: HodgeDecomposition, k: int, *, rtol: float = 1e-9
-) -> np.ndarray:
-    """Indices of the (at most) ``k`` edges with the largest |harmonic| component, largest first.
+def harmonic_critical_edges(energy: np.ndarray, k: int, *, rtol: float = 1e-9) -> np.ndarray:
+    """Indices of the (at most) ``k`` edges with the largest harmonic energy, largest first.
 
-    Edges with |harmonic| <= rtol * max |harmonic| are solver noise and never listed;
-    ties keep edge order.
+    ``energy`` is one non-negative value per edge (a harmonic part squared, or the expected
+    harmonic energy s_e^2 (P_H)_ee). Edges with energy <= rtol * the largest are solver
+    noise and never listed; ties keep edge order.
     """
-    magnitude = np.abs(decomposition.harmonic)
+    magnitude = np.abs(np.asarray(energy, dtype=np.float64))
     if magnitude.size == 0 or magnitude.max() == 0:
         return np.zeros(0, dtype=np.int64)
     order = np.argsort(-magnitude, kind="stable")

@@ -62,13 +62,14 @@ def triplet_barrier(
 
 def hodgecover_ranking(
     cx: RipsComplex,
-    harmonic: np.ndarray,
+    harmonic_energy: np.ndarray,
     barrier: np.ndarray,
     load: np.ndarray | None = None,
 ) -> np.ndarray:
     """Greedy HodgeCover order of the experts (array of expert ids, rank 0 first).
 
-    Items: each edge weighted by its harmonic energy harmonic_e^2, each triangle by its
+    Items: each edge weighted by its harmonic energy (``harmonic_energy``, one non-negative
+    value per edge: the expected s_e^2 (P_H)_ee of the layer's signal), each triangle by its
     positive triplet barrier (NaN or negative: 0). Each family is scaled to total 1 so
     neither dominates by its units. A kept vertex covers half of each incident edge and
     half of each triangle it is in, up to two kept vertices per triangle: an edge is fully
@@ -80,10 +81,10 @@ def hodgecover_ranking(
     """
     n = cx.n_vertices
     load = np.zeros(n) if load is None else np.asarray(load, dtype=np.float64)
-    w_edge = _unit_total(np.asarray(harmonic, dtype=np.float64) ** 2)
+    w_edge = _unit_total(np.asarray(harmonic_energy, dtype=np.float64))
     w_tri = _unit_total(np.nan_to_num(np.asarray(barrier, dtype=np.float64), nan=0.0))
     if w_edge.shape != (cx.n_edges,) or w_tri.shape != (cx.n_triangles,) or load.shape != (n,):
-        raise ValueError("need one harmonic value per edge, barrier per triangle, load per expert")
+        raise ValueError("need one harmonic energy per edge, barrier per triangle, load per expert")
     edge_gain = np.bincount(cx.edges.ravel(), np.repeat(w_edge / 2, 2), minlength=n)
     live = w_tri > 0
     tri, w_tri = cx.triangles[live], w_tri[live]

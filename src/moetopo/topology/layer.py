@@ -3,7 +3,9 @@ arrays (the cohomology stage turns them into the artefacts' tables).
 
 Every result depends on the experts only through the inputs, never through their ids:
 relabelling the experts relabels the rows and changes nothing else (up to exact ties).
-That is why the Hodge flow is oriented by a property of the experts rather than by id.
+The Hodge figures are those of the symmetric edge signal averaged over every orientation
+of its edges (:func:`moetopo.topology.hodge.expected_energies`), so no orientation, by id
+or otherwise, enters them.
 """
 
 from __future__ import annotations
@@ -16,13 +18,19 @@ import pandas as pd
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
+from moetopo.geometry.sources import NULL_KINDS
 from moetopo.topology.complex import (
     RipsComplex,
     check_distance_matrix,
     epsilon_at_quantile,
     rips_complex,
 )
-from moetopo.topology.hodge import betti1, harmonic_critical_edges, hodge_decomposition
+from moetopo.topology.hodge import (
+    betti1,
+    expected_energies,
+    harmonic_critical_edges,
+    projector_diagonals,
+)
 from moetopo.topology.hodgecover import (
     MergeBarrier,
     group_representative_ranking,
@@ -30,13 +38,8 @@ from moetopo.topology.hodgecover import (
     load_ranking,
     triplet_barrier,
 )
-from moetopo.topology.persistence import (
-    NoiseMode,
-    check_coefficient,
-    noise_floor,
-    summarize,
-    vietoris_rips_diagrams,
-)
+from moetopo.topology.null import NullCalibration, calibrate, null_seed
+from moetopo.topology.persistence import check_coefficient, summarize, vietoris_rips_diagrams
 from moetopo.topology.sheaf import sheaf_cohomology
 
 
@@ -46,8 +49,9 @@ class TopologyParams:
 
     maxdim: int = 1  # highest homology dimension of the persistence diagrams (2 is costly)
     coeff: int = 127  # prime coefficient field of all homology (see vietoris_rips_diagrams)
-    noise_floor: float = 0.1  # bars with persistence <= floor are noise
-    noise_floor_mode: NoiseMode = "relative"  # relative: x median pairwise distance
+    significance_level: float = 0.01  # chance that a shapeless layer shows any significant bar
+    null_draws: int = 99  # null layers per (layer, source); the level needs >= 1/level - 1
+    seed: int = 0  # of the null draws
     epsilon_quantiles: tuple[float, ...] = (0.3,)  # scales of the complexes
     stalk_dim: int = 2
     rtol: float = 1e-8  # sheaf rank tolerance
@@ -67,8 +71,15 @@ class TopologyParams:
             raise ValueError(f"keep fractions must lie in (0, 1]: {self.keep_fractions}")
         if min(self.stalk_dim, self.n_eigenvalues, self.max_triangles) < 1:
             raise ValueError("stalk_dim, n_eigenvalues and max_triangles must be positive")
-        if min(self.rtol, self.noise_floor, self.n_critical_edges) < 0:
-            raise ValueError("rtol, noise_floor and n_critical_edges must be non-negative")
+        if min(self.rtol, self.n_critical_edges) < 0:
+            raise ValueError("rtol and n_critical_edges must be non-negative")
+        if not 0 < self.significance_level < 1:
+            raise ValueError(f"significance_level must lie in (0, 1): {self.significance_level}")
+        if self.null_draws * self.significance_level < 1 - self.significance_level - 1e-9:
+            raise ValueError(
+                f"{self.null_draws} null draws cannot reach level {self.significance_level}: "
+                f"need at least {int(np.ceil(1 / self.significance_level - 1 - 1e-9))}"
+            )
 
     def signal_source(self, names) -> str:
         """The Hodge edge signal's source among ``names``: hodge_signal, else the first."""
@@ -78,14 +89,14 @@ class TopologyParams:
 
 @dataclass(frozen=True)
 class ScaleTopology:
-    """One source's complex at one scale: the Hodge split of the signal on it, its
-    harmonic-critical edges (tail -> head in the flow's direction) and the sheaf."""
+    """One source's complex at one scale: the expected Hodge split of the signal on it, its
+    harmonic-critical edges (expert_a < expert_b) and the sheaf."""
 
     source: str
     quantile: float
     epsilon: float
     hodge: dict[str, float | int]
-    critical: dict[str, np.ndarray]  # rank, tail, head, signal, harmonic
+    critical: dict[str, np.ndarray]  # rank, expert_a, expert_b, signal, harmonic_share, ...
     sheaf: dict | None  # stalk_dim, h0, h1, eigenvalues, rtol, n_edges; None without frames
 
 
@@ -95,7 +106,7 @@ class LayerTopology:
 
     signal_source: str
     diagrams: dict[str, pd.DataFrame]  # source -> bars (dim, birth, death, persistence, ...)
-    noise_floors: dict[str, float]
+    nulls: dict[str, NullCalibration]  # source -> its null model's thresholds
     scales: list[ScaleTopology]
     rankings: dict[str, np.ndarray]  # method -> experts, the first kept first
     budgets: list[int]  # numbers of experts kept, from params.keep_fractions
@@ -111,19 +122,24 @@ def layer_topology(
     merge_barrier: MergeBarrier | None = None,
     groups: np.ndarray | None = None,
     params: TopologyParams = TopologyParams(),
+    layer: int = 0,
 ) -> LayerTopology:
     """Topology of one layer from its expert distance matrices (one per source).
 
-    - persistence: every source, H0..H``maxdim``, bars marked against the noise floor.
+    - persistence: every source, H0..H``maxdim``, each bar's p-value against the source's
+      null model (:mod:`moetopo.topology.null`, of the kind the source's name gives in
+      ``NULL_KINDS``, else a metric; ``layer`` and ``params.seed`` seed its draws) and
+      whether it is significant at ``params.significance_level``.
     - hodge: for every source and scale, the complex of that source at the scale's
-      quantile, carrying the signal source's distances as flow. Each edge's flow runs from
-      the more central expert (smaller total signal distance to all others) to the other.
+      quantile, carrying the signal source's distances as a symmetric edge signal, split
+      in expectation over all orientations of the edges.
     - sheaf: same complexes, when ``frames`` ([n, in_dim, >= stalk_dim]) are given; edge
       weights are the symmetric ``coactivation`` rates (1 when None).
     - rankings: HodgeCover on the signal source's complex at the first scale, with triplet
       barriers from ``merge_barrier`` (none when None); the load and group baselines need
       ``load``.
-      ``groups`` defaults to single-linkage groups of the signal source at the noise floor.
+      ``groups`` defaults to single-linkage groups of the signal source at its H0 null
+      threshold (experts joined closer than a shapeless layer would join any).
     """
     sources = {name: check_distance_matrix(d) for name, d in distances.items()}
     if not sources:
@@ -141,11 +157,19 @@ def layer_topology(
     if groups is not None and np.shape(groups) != (n,):
         raise ValueError(f"groups must give one label per expert ({n})")
     summary: dict[str, float | int] = {"n_experts": n}
-    diagrams, floors, scales = {}, {}, []
+    diagrams, nulls, scales = {}, {}, []
     rankings: dict[str, np.ndarray] = {}
     for name, d in sources.items():
-        floors[name] = noise_floor(d, params.noise_floor, params.noise_floor_mode)
-        diagrams[name] = _persistence(name, d, floors[name], params, summary)
+        nulls[name] = calibrate(
+            d,
+            kind=NULL_KINDS.get(name, "metric"),
+            maxdim=params.maxdim,
+            coeff=params.coeff,
+            level=params.significance_level,
+            draws=params.null_draws,
+            rng=null_seed(params.seed, layer, name),
+        )
+        diagrams[name] = _persistence(name, d, nulls[name], params, summary)
         for q in params.epsilon_quantiles:
             cx = rips_complex(d, epsilon_at_quantile(d, q))
             harmonic, row, edges = _hodge(cx, signal, params)
@@ -158,22 +182,30 @@ def layer_topology(
                 summary[f"{name}.sheaf_h1@{q}"] = sheaf["h1"]
             if name == signal_name and q == params.epsilon_quantiles[0]:
                 if groups is None:
-                    close = sparse.csr_matrix(np.triu(signal <= floors[name], k=1))
+                    close = sparse.csr_matrix(np.triu(signal <= nulls[name].thresholds[0], k=1))
                     groups = connected_components(close, directed=False)[1]
                 rankings = _rankings(cx, harmonic, signal, load, merge_barrier, groups, params)
     budgets = sorted({min(n, max(1, round(f * n))) for f in params.keep_fractions})
-    return LayerTopology(signal_name, diagrams, floors, scales, rankings, budgets, summary)
+    return LayerTopology(signal_name, diagrams, nulls, scales, rankings, budgets, summary)
 
 
 def _persistence(
-    name: str, d: np.ndarray, floor: float, params: TopologyParams, summary: dict
+    name: str, d: np.ndarray, null: NullCalibration, params: TopologyParams, summary: dict
 ) -> pd.DataFrame:
-    """The source's diagrams; adds its per-dimension headline figures to ``summary``."""
-    dgm = vietoris_rips_diagrams(d, maxdim=params.maxdim, coeff=params.coeff, noise_floor=floor)
+    """The source's diagrams with each bar's p-value and its dimension's null threshold;
+    adds the per-dimension headline figures to ``summary``."""
+    dgm = vietoris_rips_diagrams(
+        d, maxdim=params.maxdim, coeff=params.coeff, threshold=null.thresholds
+    )
+    dgm["p_value"] = null.p_values(dgm["dim"], dgm["persistence"])
+    dgm["threshold"] = null.thresholds[dgm["dim"].to_numpy()]
     for dim in range(params.maxdim + 1):
         s = summarize(dgm, dim)
         summary[f"{name}.h{dim}_significant"] = s.n_significant
+        summary[f"{name}.h{dim}_null_threshold"] = null.thresholds[dim]
+        summary[f"{name}.h{dim}_null_significant"] = null.null_counts[dim]
         summary[f"{name}.h{dim}_total_persistence"] = s.total_persistence
+        summary[f"{name}.h{dim}_significant_persistence"] = s.significant_persistence
         summary[f"{name}.h{dim}_max_persistence"] = s.max_persistence
         summary[f"{name}.h{dim}_entropy"] = s.entropy
     return dgm
@@ -182,19 +214,13 @@ def _persistence(
 def _hodge(
     cx: RipsComplex, signal: np.ndarray, params: TopologyParams
 ) -> tuple[np.ndarray, dict, dict[str, np.ndarray]]:
-    """Harmonic part, the hodge row and the harmonic-critical edges of the signal on ``cx``.
-
-    The flow on edge {a, b} is signal[a, b] from the expert earlier in :func:`_flow_order`
-    to the later one. The critical edges are listed as tail -> head in that direction, with
-    the harmonic flow along it, so nothing depends on expert ids.
-    """
+    """Each edge's expected harmonic energy, the hodge row and the harmonic-critical edges
+    of the symmetric signal on ``cx``, all averaged over the edges' orientations."""
     i, j = cx.edges.T
-    order = _flow_order(signal)
-    sign = np.where(order[i] < order[j], 1.0, -1.0)
     values = signal[i, j]
     b1 = betti1(cx, coeff=params.coeff)
-    dec = hodge_decomposition(cx, sign * values, betti1=b1)
-    grad, curl, harm = dec.energies
+    diagonals = projector_diagonals(cx, betti1=b1)
+    grad, curl, harm = expected_energies(diagonals, values)
     total = grad + curl + harm
     row = {
         "gradient_energy": grad,
@@ -204,27 +230,20 @@ def _hodge(
         "betti1": b1,
         "n_edges": cx.n_edges,
         "n_triangles": cx.n_triangles,
-        "orthogonality": dec.orthogonality,
-        "iterations": dec.iterations,
+        "residual": diagonals.residual,
+        "iterations": diagonals.iterations,
     }
-    top = harmonic_critical_edges(dec, params.n_critical_edges)
-    forward = sign[top] > 0
+    energy = values**2 * diagonals.harmonic
+    top = harmonic_critical_edges(energy, params.n_critical_edges)
     edges = {
         "rank": np.arange(len(top)),
-        "tail": np.where(forward, i[top], j[top]),
-        "head": np.where(forward, j[top], i[top]),
+        "expert_a": i[top],
+        "expert_b": j[top],
         "signal": values[top],
-        "harmonic": sign[top] * dec.harmonic[top],
+        "harmonic_share": diagonals.harmonic[top],
+        "harmonic_energy": energy[top],
     }
-    return dec.harmonic, row, edges
-
-
-def _flow_order(signal: np.ndarray) -> np.ndarray:
-    """Position of each expert when sorted by total signal distance (ties: by id)."""
-    order = np.lexsort((np.arange(len(signal)), signal.sum(axis=1)))
-    position = np.empty(len(signal), dtype=np.int64)
-    position[order] = np.arange(len(signal))
-    return position
+    return energy, row, edges
 
 
 def _edge_weights(coactivation: np.ndarray | None, n: int) -> np.ndarray | None:
@@ -262,7 +281,7 @@ def _sheaf(
 
 def _rankings(
     cx: RipsComplex,
-    harmonic: np.ndarray,
+    harmonic_energy: np.ndarray,
     signal: np.ndarray,
     load: np.ndarray | None,
     merge_barrier: MergeBarrier | None,
@@ -276,7 +295,7 @@ def _rankings(
         barrier = triplet_barrier(
             merge_barrier, cx.triangles, distances=signal, max_triangles=params.max_triangles
         )
-    rankings = {"hodgecover": hodgecover_ranking(cx, harmonic, barrier, load)}
+    rankings = {"hodgecover": hodgecover_ranking(cx, harmonic_energy, barrier, load)}
     if load is not None:
         rankings["load"] = load_ranking(load)
         rankings["groups"] = group_representative_ranking(groups, load)

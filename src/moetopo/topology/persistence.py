@@ -1,4 +1,4 @@
-"""Vietoris-Rips persistent homology of a distance matrix, noise floors and diagram summaries.
+"""Vietoris-Rips persistent homology of a distance matrix and diagram summaries.
 
 Diagrams come from ripser, which works in single precision: births and deaths are the
 float32 roundings of the input distances, never interpolated or invented. Only the one
@@ -8,8 +8,8 @@ largest distance. There is no cap on the number of points: H1 is computed for ev
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,6 @@ from scipy.sparse.csgraph import maximum_bipartite_matching
 
 from moetopo.topology.complex import check_distance_matrix, off_diagonal
 
-NoiseMode = Literal["absolute", "relative"]
 DIAGRAM_COLUMNS = ["dim", "birth", "death", "persistence", "significant"]
 
 
@@ -55,15 +54,20 @@ def saturation_threshold(distances: np.ndarray) -> float:
 
 
 def vietoris_rips_diagrams(
-    distances: np.ndarray, *, maxdim: int = 1, coeff: int = 127, noise_floor: float = 0.0
+    distances: np.ndarray,
+    *,
+    maxdim: int = 1,
+    coeff: int = 127,
+    threshold: float | Sequence[float] = 0.0,
 ) -> pd.DataFrame:
     """Diagrams H0..H``maxdim`` as a long table (dim, birth, death, persistence, significant).
 
     ``coeff`` is the prime field of coefficients. The default 127 rather than the usual 2
     makes the Betti numbers equal the rational ones (those the Hodge Laplacian sees) unless
     the complex has 127-torsion (over Z/2, any RP^2 inside would count); ripser cannot go
-    above 127. A bar is significant when
-    its persistence exceeds ``noise_floor``; essential bars always are. A saturated source
+    above 127. A bar is significant when its persistence exceeds ``threshold`` (one value,
+    or one per dimension, such as the null model's of :mod:`moetopo.topology.null`);
+    essential bars always are. A saturated source
     is handed to ripser only below its maximum (:func:`saturation_threshold`) and the
     classes alive there are given their exact death, the maximum, so the diagrams equal
     those of the whole filtration. Rows are sorted by dim, then persistence descending,
@@ -84,7 +88,8 @@ def vietoris_rips_diagrams(
     table = pd.concat(frames, ignore_index=True)
     table["dim"] = table["dim"].astype(np.int64)
     table["persistence"] = table["death"] - table["birth"]
-    table["significant"] = table["persistence"] > noise_floor
+    limits = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (maxdim + 1,))
+    table["significant"] = table["persistence"] > limits[table["dim"].to_numpy()]
     table = table.sort_values(["dim", "persistence", "birth"], ascending=[True, False, True])
     return table.reset_index(drop=True)[DIAGRAM_COLUMNS]
 
@@ -98,19 +103,6 @@ def close_at_maximum(dgm: np.ndarray, maximum: float, dim: int) -> np.ndarray:
     dgm = dgm.copy()
     dgm[open_rows, 1] = maximum
     return dgm
-
-
-def noise_floor(distances: np.ndarray, value: float, mode: NoiseMode = "relative") -> float:
-    """Persistence below which a bar is noise: ``value`` itself ('absolute'), or
-    ``value`` times the median pairwise distance ('relative', unit-free across sources)."""
-    if value < 0:
-        raise ValueError(f"noise floor must be non-negative, got {value}")
-    if mode == "absolute":
-        return float(value)
-    if mode == "relative":
-        values = off_diagonal(check_distance_matrix(distances))
-        return float(value * np.median(values)) if values.size else 0.0
-    raise ValueError(f"noise floor mode must be 'absolute' or 'relative', got {mode!r}")
 
 
 def persistent_entropy(lengths: np.ndarray) -> float:
@@ -132,8 +124,8 @@ def persistent_entropy(lengths: np.ndarray) -> float:
 class DiagramSummary:
     """Headline figures of one dimension of a diagram table (with a 'significant' column).
 
-    total/max persistence and entropy are over finite bars; n_significant counts
-    essential bars too.
+    total/max persistence and entropy are over finite bars; significant_persistence sums
+    the finite significant ones only; n_significant counts essential bars too.
     """
 
     dim: int
@@ -141,6 +133,7 @@ class DiagramSummary:
     n_essential: int
     n_significant: int
     total_persistence: float
+    significant_persistence: float
     max_persistence: float
     entropy: float
 
@@ -150,12 +143,14 @@ def summarize(diagrams: pd.DataFrame, dim: int) -> DiagramSummary:
     rows = diagrams[diagrams["dim"] == dim]
     pers = rows["persistence"].to_numpy(dtype=np.float64)
     finite = pers[np.isfinite(pers)]
+    kept = pers[np.isfinite(pers) & rows["significant"].to_numpy(dtype=bool)]
     return DiagramSummary(
         dim=dim,
         n_bars=len(rows),
         n_essential=int((~np.isfinite(pers)).sum()),
         n_significant=int(rows["significant"].sum()),
         total_persistence=float(finite.sum()),
+        significant_persistence=float(kept.sum()),
         max_persistence=float(finite.max()) if finite.size else 0.0,
         entropy=persistent_entropy(finite),
     )

@@ -1,0 +1,127 @@
+"""The null model of significance: calibrated on shapeless layers, and still finding shape."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.spatial.distance import pdist, squareform
+
+from moetopo.topology.layer import TopologyParams, layer_topology
+from moetopo.topology.null import calibrate, mds_variances, null_seed
+from moetopo.topology.persistence import vietoris_rips_diagrams
+
+from _topology_cases import distance_matrices
+
+LEVEL, DRAWS = 0.01, 99
+
+
+def significant(d: np.ndarray, seed: int = 0, kind: str = "metric") -> dict[int, int]:
+    """Significant bars per dimension of ``d`` against its null at the default level."""
+    rng = null_seed(seed, 0, "x")
+    null = calibrate(d, kind=kind, maxdim=1, coeff=127, level=LEVEL, draws=DRAWS, rng=rng)
+    dgm = vietoris_rips_diagrams(d, threshold=null.thresholds)
+    return {dim: int(dgm[dgm.dim == dim].significant.sum()) for dim in (0, 1)}
+
+
+KINDS = [("euclidean", "metric"), ("cityblock", "metric"), ("sqeuclidean", "squared")]
+KINDS += [("cosine", "cosine")]
+
+
+@pytest.mark.parametrize("metric, kind", KINDS)
+def test_layers_drawn_from_the_null_have_no_significant_bar_in_95_of_100_seeds(metric, kind):
+    # Gaussian experts with an anisotropic spectrum (16 experts in R^12, offset from the
+    # origin, which cosine sees), measured as each kind of source measures them.
+    spectrum = np.geomspace(1.0, 0.05, 12)
+    clean = {0: 0, 1: 0}
+    for seed in range(100):
+        rng = np.random.default_rng(1000 + seed)
+        rows = rng.standard_normal((16, 12)) * spectrum + 0.5 * spectrum
+        counts = significant(squareform(pdist(rows, metric=metric)), seed, kind)
+        clean[0] += counts[0] == 1  # the essential class only
+        clean[1] += counts[1] == 0
+    assert min(clean.values()) >= 95
+
+
+def test_a_plain_metric_null_is_not_calibrated_for_squared_distances():
+    # why each source names its kind: squared distances against a Euclidean null
+    spectrum = np.geomspace(1.0, 0.05, 12)
+    alarms = 0
+    for seed in range(20):
+        rows = np.random.default_rng(2000 + seed).standard_normal((16, 12)) * spectrum
+        d = squareform(pdist(rows, metric="sqeuclidean"))
+        alarms += significant(d, seed, "metric") != {0: 1, 1: 0}
+    assert alarms >= 3
+
+
+@pytest.mark.parametrize("metric, kind", KINDS)
+def test_a_planted_circle_of_experts_is_one_significant_h1_bar(metric, kind):
+    rng = np.random.default_rng(3)
+    angles = np.sort(rng.uniform(0, 2 * np.pi, 20))
+    points = np.zeros((20, 8))
+    points[:, 0], points[:, 1] = np.cos(angles), np.sin(angles)
+    points[:, 2] = 1.0  # off the origin, so that the directions form a circle too
+    points += 0.03 * rng.standard_normal(points.shape)
+    counts = significant(squareform(pdist(points, metric=metric)), kind=kind)
+    assert counts == {0: 1, 1: 1}  # a circle is one cluster with one loop
+
+
+@pytest.mark.parametrize("metric, kind", KINDS)
+def test_planted_tight_clusters_give_long_h0_bars_and_no_h1(metric, kind):
+    rng = np.random.default_rng(4)
+    centres = rng.standard_normal((3, 10)) * 5
+    points = np.concatenate([c + 0.05 * rng.standard_normal((6, 10)) for c in centres])
+    counts = significant(squareform(pdist(points, metric=metric)), kind=kind)
+    assert counts == {0: 3, 1: 0}  # two merges between clusters and the essential class
+
+
+def test_mds_variances_are_the_sample_covariance_spectrum_of_euclidean_points():
+    rng = np.random.default_rng(5)
+    points = rng.standard_normal((30, 4)) * [3.0, 2.0, 1.0, 0.5]
+    expected = np.linalg.eigvalsh(np.cov(points.T))[::-1]
+    np.testing.assert_allclose(mds_variances(squareform(pdist(points))), expected, rtol=1e-8)
+
+
+def test_p_values_and_thresholds_agree_and_essential_bars_count():
+    d = squareform(pdist(np.random.default_rng(6).standard_normal((12, 3))))
+    for level in (0.05, 0.2):
+        null = calibrate(d, maxdim=1, coeff=127, level=level, draws=19, rng=null_seed(0, 0, "x"))
+        dgm = vietoris_rips_diagrams(d, threshold=null.thresholds)
+        p = null.p_values(dgm.dim, dgm.persistence)
+        np.testing.assert_array_equal(p <= level + 1e-12, dgm.significant)
+        assert np.all(p[np.isinf(dgm.persistence)] == 0)
+        # the false alarms of the null draws themselves stay at the level's order
+        assert np.all(null.null_counts <= 2 * level * 19 / 20 + 1e-12)
+
+
+def test_a_level_below_one_over_the_draws_is_refused():
+    with pytest.raises(ValueError, match="cannot reach level 0.01"):
+        TopologyParams(significance_level=0.01, null_draws=50)
+    TopologyParams(significance_level=0.05, null_draws=19)
+
+
+@settings(max_examples=20, deadline=None)
+@given(d=distance_matrices(min_n=4, max_n=12), data=st.data())
+def test_null_thresholds_do_not_depend_on_expert_labels(d, data):
+    perm = np.array(data.draw(st.permutations(range(len(d)))))
+    params = TopologyParams(null_draws=19, significance_level=0.05, epsilon_quantiles=())
+    a = layer_topology({"x": d}, params=params).nulls["x"].thresholds
+    b = layer_topology({"x": d[np.ix_(perm, perm)]}, params=params).nulls["x"].thresholds
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_the_layer_summary_reports_threshold_null_count_and_significant_persistence():
+    rng = np.random.default_rng(7)
+    angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    points = np.column_stack([np.cos(angles), np.sin(angles)]) + 0.01 * rng.normal(size=(16, 2))
+    d = squareform(pdist(points))
+    result = layer_topology({"x": d}, params=TopologyParams(epsilon_quantiles=()))
+    s = result.summary
+    bars = result.diagrams["x"]
+    h1 = bars[bars.dim == 1]
+    assert s["x.h1_significant"] == 1
+    assert s["x.h1_null_threshold"] == result.nulls["x"].thresholds[1]
+    assert s["x.h1_significant_persistence"] == pytest.approx(h1.persistence.max())
+    assert s["x.h1_total_persistence"] >= s["x.h1_significant_persistence"]
+    assert set(bars.columns) >= {"p_value", "threshold"}
