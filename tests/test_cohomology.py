@@ -62,7 +62,7 @@ def test_hodgecover_keeps_the_irreducible_triple_that_load_drops(tmp_path):
     routing, coactivation, _ = routing_tables(model, gates, 512, 0).tables()
     load = routing.sort_values("expert").load.to_numpy()
     assert load[list(TRIPLE)].max() < load[:5].min()  # the triple is the least used
-    matrices, _ = layer_distances(
+    matrices, _, _ = layer_distances(
         model, 0, ["function", "router_l2", "coactivation"], gates, coactivation, 128
     )
     assert max(matrices["function"][a, b] for a in TRIPLE for b in TRIPLE) < 1e-6

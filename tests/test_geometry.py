@@ -10,6 +10,8 @@ from scipy.spatial.distance import pdist, squareform
 from moetopo.artefacts.views import gates_from_rows
 from moetopo.checkpoint.experts import read_expert
 from moetopo.checkpoint.model import open_model
+from moetopo.checkpoint.probes import layer_inputs
+from moetopo.errors import MoetopoError
 from moetopo.fixtures import plant_groups, random_model, write_family
 from moetopo.geometry.distances import (
     coactivation_distances,
@@ -66,7 +68,7 @@ def test_fused_and_per_expert_twins_give_identical_distances(tmp_path):
         write_family(tiny, "qwen2_moe", tmp_path / layout, layout=layout)
         model = open_model(tmp_path / layout)
         gates = _gates_frame(model)
-        m, _ = layer_distances(
+        m, _, _ = layer_distances(
             model, 0, ["router_l1", "weight_l2", "weight_cosine", "function"], gates, None, 32
         )
         matrices.append(m)
@@ -157,7 +159,7 @@ def test_planted_clusters_recovered_and_distinct_layer_has_no_redundancy(tmp_pat
     sources = ["router_l1", "router_cosine", "router_l2", "weight_l2", "weight_cosine", "function"]
     tables = []
     for layer in (0, 1):
-        matrices, warnings = layer_distances(
+        matrices, warnings, _ = layer_distances(
             model, layer, sources + ["coactivation"], gates, coactivation, 64
         )
         assert not warnings and set(matrices) == set(sources) | {"coactivation"}
@@ -175,3 +177,63 @@ def test_planted_clusters_recovered_and_distinct_layer_has_no_redundancy(tmp_pat
         assert row.redundant_pairs == 3 + 1 + 3 and row.n_groups == 3 and row.largest_group == 3
         distinct = redundancy[(redundancy.layer == 1) & (redundancy.source == source)].iloc[0]
         assert distinct.redundant_pairs == 0 and distinct.n_groups == 0, source
+
+
+def _captured_with_inputs(path, layers, rows, hidden, **extra):
+    """A captured file with logits for ``layers`` and router inputs ([rows, hidden] each)."""
+    rng = np.random.default_rng(3)
+    arrays = {
+        f"layer_{layer}": rng.normal(size=(rows * 2, 4)).astype(np.float16) for layer in layers
+    }
+    arrays |= {
+        f"inputs_{layer}": rng.normal(size=(rows, hidden)).astype(np.float16) for layer in layers
+    }
+    arrays["input_positions"] = np.arange(rows) * 2
+    arrays |= extra
+    np.savez(path, **arrays)
+    return path
+
+
+def test_function_distance_uses_the_captured_inputs_of_its_layer_and_says_so(tmp_path):
+    tiny = random_model(n_layers=2, n_experts=4, hidden=16, intermediate=8, seed=21)
+    write_family(tiny, "mixtral", tmp_path / "m")
+    model = open_model(tmp_path / "m")
+    gates = _gates_frame(model)
+    captured = _captured_with_inputs(tmp_path / "r.npz", [1], rows=40, hidden=16)
+    rows, *_, origin = layer_inputs(model, 1, 32, 0, str(captured))
+    assert origin == "captured" and rows.shape == (32, 16)
+    stored = np.load(captured)["inputs_1"].astype(np.float32)
+    assert all((stored == row).all(axis=1).any() for row in rows)  # 32 of the 40 rows
+    np.testing.assert_array_equal(rows, layer_inputs(model, 1, 32, 0, str(captured))[0])
+    expected = function_distances(
+        lambda e: read_expert(model.reader, model.layout.layers[1], e),
+        4,
+        rows,
+        model.layout.activation,
+    )
+    for layer, origin in ((1, "captured"), (0, "probe")):  # layer 0 has no inputs captured
+        m, _, inputs = layer_distances(model, layer, ["function"], gates, None, 32, 0,
+                                       captured=str(captured))  # fmt: skip
+        assert inputs == {"function": origin}
+        table = pairs_table(layer, m, inputs)
+        assert set(table["inputs"]) == {origin}
+    m, _, _ = layer_distances(model, 1, ["function"], gates, None, 32, 0, captured=str(captured))
+    np.testing.assert_allclose(m["function"], expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "extra, hidden, message",
+    [
+        ({}, 12, "router inputs have width 12, but the model's hidden size is 16"),
+        ({"input_positions": np.arange(7)}, 16, "do not match 7 input_positions"),
+        ({"inputs_9": np.zeros((40, 16), np.float16)}, 16, "layers \\[9\\], which have no logits"),
+    ],
+)
+def test_bad_captured_inputs_are_refused_naming_the_file(tmp_path, extra, hidden, message):
+    tiny = random_model(n_layers=2, n_experts=4, hidden=16, intermediate=8, seed=21)
+    write_family(tiny, "mixtral", tmp_path / "m")
+    model = open_model(tmp_path / "m")
+    captured = _captured_with_inputs(tmp_path / "r.npz", [1], 40, hidden, **extra)
+    with pytest.raises(MoetopoError, match=message) as error:
+        layer_inputs(model, 1, 32, 0, str(captured))
+    assert str(captured) in str(error.value)

@@ -88,7 +88,16 @@ def model_tables_for(k: int, rng: np.random.Generator) -> tuple[dict, pd.DataFra
             if planted:
                 d[0] = 0.01
             distances.append(
-                pd.DataFrame({"layer": layer, "source": source, "i": i, "j": j, "distance": d})
+                pd.DataFrame(
+                    {
+                        "layer": layer,
+                        "source": source,
+                        "i": i,
+                        "j": j,
+                        "distance": d,
+                        "inputs": "captured" if source == "function" else "weights",
+                    }
+                )  # fmt: skip
             )
             for spec in SPECS:
                 pairs = 6 if planted and spec == "r0.5" else int(rng.integers(0, 2))
@@ -150,6 +159,7 @@ def model_tables_for(k: int, rng: np.random.Generator) -> tuple[dict, pd.DataFra
                     "quantile": 0.3,
                     "epsilon": 1.3,
                     "signal_source": "function",
+                    "signal_inputs": "captured",
                     "gradient_energy": 8.0 + k,
                     "curl_energy": 1.5,
                     "harmonic_energy": 0.5 * betti,
@@ -176,6 +186,7 @@ def model_tables_for(k: int, rng: np.random.Generator) -> tuple[dict, pd.DataFra
                             "keep": keep,
                             "expert": np.arange(N_EXPERTS),
                             "kept": rank < keep,
+                            "barrier_inputs": "captured",
                             "rank": rank,
                         }
                     )
@@ -486,9 +497,11 @@ def test_headline_findings_name_what_was_planted(report):
     findings = {r["model"]: r for r in page.rows("findings-models")}
     assert "layer 2 by router_l1, 6 of 15 expert pairs" in findings["m0"]["redundancy"]
     assert "no redundant experts at r0.5" not in findings["m0"]["redundancy"]
-    assert "not measured" in findings["m3"]["routing probe"]  # no captured routing
-    assert "from 0.420 (layer 2) to 0.910 (layer 1)" in findings["m1"]["routing probe"]
-    assert "top-k overlap 0.700 (layer 1)." in findings["m1"]["routing probe"]
+    routing = {m: row["inputs and routing probe"] for m, row in findings.items()}
+    assert "not measured" in routing["m3"]  # no captured routing
+    assert "from 0.420 (layer 2) to 0.910 (layer 1)" in routing["m1"]
+    assert "top-k overlap 0.700 (layer 1)." in routing["m1"]
+    assert "Experts compared" not in routing["m1"]  # no function distance: nothing to say
     assert "Harmonic flow (betti1 > 0) in layers 2" in findings["m0"]["loops and harmonic flow"]
     (pair,) = page.rows("findings-pairs")
     assert "Scaffold layers" in pair["attention scaffold"] and ": 1." in pair["attention scaffold"]
@@ -499,6 +512,24 @@ def test_headline_findings_name_what_was_planted(report):
     assert "router moved more than the experts in layers 1" in pair["router and experts"]
     text = (out / "index.html").read_text()
     assert "a planted crossref warning" in text and "planted" in text
+
+
+def test_the_findings_say_which_inputs_the_experts_were_compared_on():
+    from moetopo.report.findings import function_inputs
+
+    def table(origins):
+        rows = [("function", layer, o) for layer, o in enumerate(origins)]
+        rows.append(("router_l1", 0, "router rows"))
+        return {"expert_distances": pd.DataFrame(rows, columns=["source", "layer", "inputs"])}
+
+    assert function_inputs(table(["captured"] * 3)) == (
+        "Experts compared on captured router inputs in every MoE layer."
+    )
+    assert function_inputs(table(["captured", "probe", "captured"])) == (
+        "Experts compared on captured router inputs in layers 0, 2, on the weights-only "
+        "probe in layers 1."
+    )
+    assert "weights-only probe in every MoE layer" in function_inputs(table(["probe"]))
 
 
 def test_the_verdict_in_words_is_the_artefacts(report):

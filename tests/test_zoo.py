@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from moetopo.capture import batches, byte_ids
+from moetopo.capture import batches, byte_ids, input_positions
 from moetopo.checkpoint.captured import load_captured
 from moetopo.zoo import manifest as mf
 from moetopo.zoo.corpus import CorpusLimits, build_corpus, fixed_windows, is_heldout
@@ -189,15 +189,23 @@ def test_routing_files_have_the_captured_format(manifest: dict[str, Any]) -> Non
     for model in manifest["models"]:
         path = ZOO_DIR / model["id"] / mf.ROUTING_FILE
         with np.load(path, allow_pickle=False) as data:
-            expected = {f"layer_{layer}" for layer in model["moe_layers"]} | {"meta", "token_ids"}
+            layers = {f"layer_{layer}" for layer in model["moe_layers"]}
+            inputs = {f"inputs_{layer}" for layer in model["moe_layers"]}
+            expected = layers | inputs | {"meta", "token_ids", "input_positions"}
             assert set(data.files) == expected
             assert data["meta"].ndim == 0 and data["meta"].dtype.kind == "U"
             assert data["token_ids"].tolist() == ids
-            stored = {data[k].dtype for k in expected - {"meta", "token_ids"}}
+            stored = {data[k].dtype for k in layers | inputs}
+            positions = data["input_positions"]
+            np.testing.assert_array_equal(positions, input_positions(len(ids), 256))
+            hidden = model["hyperparameters"]["hidden"]
+            assert {data[k].shape for k in inputs} == {(256, hidden)}
         logits, _, meta = load_captured(path)
         assert stored == {np.dtype(meta["dtype"])}
         assert meta["source"] == "moetopo.capture" and meta["model"] == model["id"]
         assert meta["tokens"] == tokens == model["routing"]["tokens"]
+        assert meta["inputs"] == model["routing"]["inputs"]
+        assert meta["inputs"]["bytes"] == 256 * hidden * 2 * len(model["moe_layers"])
         assert meta["text_digest"] == digest and meta["tokenizer"] == "byte"
         for layer, arr in logits.items():
             assert arr.shape == (tokens, model["hyperparameters"]["experts"])
@@ -308,6 +316,90 @@ def test_captured_logits_equal_a_fresh_forward(manifest: dict[str, Any], family:
         assert agree > 0.97, f"layer {layer}: top-1 agreement {agree:.3f}"
 
 
+def _zoo_model(manifest: dict[str, Any], family: str) -> dict[str, Any]:
+    """The family's model with the most MoE layers, so the layer mapping is exercised."""
+    models = [m for m in manifest["models"] if m["family"] == family]
+    return max(models, key=lambda m: len(m["moe_layers"]))
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_captured_inputs_are_what_each_router_reads(manifest: dict[str, Any], family: str) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForCausalLM
+
+    from moetopo.capture import router_layers
+
+    torch.set_num_threads(1)
+    model_dir = ZOO_DIR / _zoo_model(manifest, family)["id"]
+    ids = byte_ids((ZOO_DIR / manifest["probe"]["file"]).read_text(encoding="utf-8"))
+    meta = load_captured(model_dir / mf.ROUTING_FILE)[2]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    seen: dict[int, list[np.ndarray]] = {}
+    handles = []
+    for layer, (_, linear) in router_layers(model).items():
+        seen[layer] = []
+
+        def hook(_m, args, _out, layer=layer):
+            seen[layer].append(args[0].reshape(-1, args[0].shape[-1]).numpy())
+
+        handles.append(linear.register_forward_hook(hook))
+    with torch.no_grad():
+        for rows in batches(ids, meta["seq_len"], 8):
+            model(input_ids=torch.tensor(rows))
+    for h in handles:
+        h.remove()
+    positions = input_positions(len(ids), 256)
+    with np.load(model_dir / mf.ROUTING_FILE) as data:
+        for layer, chunks in seen.items():
+            fresh = np.concatenate(chunks)[positions]
+            stored = data[f"inputs_{layer}"].astype(np.float32)
+            # float16 storage: half an ulp of 2^-11 relative
+            np.testing.assert_allclose(stored, fresh, rtol=1e-3, atol=1e-3 * np.abs(fresh).max())
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_function_distance_on_captured_inputs_equals_the_transformers_experts(
+    manifest: dict[str, Any], family: str
+) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForCausalLM
+
+    from moetopo.checkpoint.model import open_model
+    from moetopo.checkpoint.probes import layer_inputs
+    from moetopo.stages.expert_geometry import layer_distances
+
+    torch.set_num_threads(1)
+    entry = _zoo_model(manifest, family)
+    model_dir = ZOO_DIR / entry["id"]
+    captured = str(model_dir / mf.ROUTING_FILE)
+    ours = open_model(model_dir)
+    theirs = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    for layer in entry["moe_layers"]:
+        matrices, _, inputs = layer_distances(
+            ours, layer, ["function"], {}, None, 128, 0, captured=captured
+        )
+        assert inputs == {"function": "captured"}
+        x = torch.from_numpy(layer_inputs(ours, layer, 128, 0, captured)[0])
+        experts = theirs.model.layers[layer].mlp.experts
+        n = matrices["function"].shape[0]
+        with torch.no_grad():
+            ones = torch.ones(len(x), 1)
+            out = [experts(x, torch.full((len(x), 1), e), ones).double().numpy() for e in range(n)]
+        norms = np.array([np.mean(np.sum(o**2, axis=1)) for o in out])
+        expected = np.array(
+            [
+                [
+                    np.mean(np.sum((a - b) ** 2, axis=1)) / ((na + nb) / 2)
+                    for b, nb in zip(out, norms, strict=True)
+                ]
+                for a, na in zip(out, norms, strict=True)
+            ]
+        )
+        np.testing.assert_allclose(matrices["function"], expected, rtol=2e-4, atol=1e-7)
+
+
 def test_capture_cli_is_batch_invariant(quick_zoo: Path, tmp_path: Path) -> None:
     from moetopo.capture import main
 
@@ -356,12 +448,12 @@ def test_structural_router_fallback_finds_the_same_routers(quick_zoo: Path) -> N
     ids = list(range(40, 140))
     for name in ("tiny-qwen2moe", "tiny-dsv3"):
         model = AutoModelForCausalLM.from_pretrained(quick_zoo / "zoo" / name, dtype=torch.float32)
-        declared = capture_logits(model, ids, seq_len=32)
+        declared, _ = capture_logits(model, ids, seq_len=32)
         model._can_record_outputs = {}  # as for a model that declares nothing
         assert [n for n, _ in find_routers(model)] == [
             f"model.layers.{k}.mlp.gate" for k in declared
         ]
-        fallback = capture_logits(model, ids, seq_len=32)
+        fallback, _ = capture_logits(model, ids, seq_len=32)
         assert sorted(fallback) == sorted(declared)
         for layer in declared:
             np.testing.assert_array_equal(fallback[layer], declared[layer])

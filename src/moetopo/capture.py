@@ -3,7 +3,10 @@
 ``python -m moetopo.capture MODEL_DIR --text FILE --out FILE`` loads any causal or
 encoder-decoder LM that transformers can load (no remote code), runs the text through
 it in batches and saves, per MoE layer, the raw router logits: the router linear's
-output, before softmax, sigmoid, correction bias or top-k. Routers are found by the
+output, before softmax, sigmoid, correction bias or top-k; and, for an evenly spaced
+sample of tokens, the hidden states the router reads (the MoE block's input in every
+family moetopo reads; Llama-4's experts see it scaled by the router score), on which
+the function distance and merge barriers measure the experts. Routers are found by the
 modules transformers declares as router-logit outputs, else by name, and read with
 forward hooks on the router linear, not with ``output_router_logits``: hooks name the
 module (hence the layer index, even when dense layers are interleaved) and need no
@@ -149,8 +152,10 @@ def capture_logits(
     seq_len: int,
     batch_size: int = 8,
     routers: dict[int, tuple[str, Any]] | None = None,
-) -> dict[int, np.ndarray]:
-    """Router logits per moetopo layer, [tokens, n_experts] float32, in text order.
+    inputs_at: Sequence[int] = (),
+) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Router logits per moetopo layer, [tokens, n_experts] float32, in text order, and
+    the router's input at the token positions ``inputs_at`` (sorted), [len, hidden].
 
     Each router linear's output is computed from its own input (weight, and bias where
     the linear has one) in float32, so it is the logits whatever the router module
@@ -158,10 +163,12 @@ def capture_logits(
     :func:`router_layers` of the model, found here when not given."""
     import torch
 
+    keep = np.asarray(inputs_at, dtype=np.int64)
     store: dict[int, list[np.ndarray]] = {}
+    inputs: dict[int, list[np.ndarray]] = {}
     handles = []
     for layer, (_, linear) in (routers or router_layers(model)).items():
-        store[layer] = []
+        store[layer], inputs[layer] = [], []
 
         def hook(module: Any, args: tuple, _out: Any, layer: int = layer) -> None:
             x = args[0].detach().float()
@@ -169,6 +176,11 @@ def capture_logits(
             logits = torch.nn.functional.linear(
                 x, module.weight.float(), None if bias is None else bias.float()
             )
+            rows = x.reshape(-1, x.shape[-1])
+            start = sum(len(chunk) for chunk in store[layer])  # text position of row 0
+            chosen = keep[(keep >= start) & (keep < start + len(rows))] - start
+            if chosen.size:
+                inputs[layer].append(rows[torch.from_numpy(chosen)].cpu().numpy())
             store[layer].append(logits.reshape(-1, logits.shape[-1]).cpu().numpy())
 
         handles.append(linear.register_forward_hook(hook))
@@ -189,7 +201,15 @@ def capture_logits(
     for layer, arr in result.items():
         if arr.shape[0] != len(ids):
             raise ValueError(f"layer {layer}: captured {arr.shape[0]} rows for {len(ids)} tokens")
-    return result
+    sampled = {layer: np.concatenate(inputs[layer]) for layer in result if inputs[layer]}
+    return result, sampled
+
+
+def input_positions(n_tokens: int, n_inputs: int) -> np.ndarray:
+    """``n_inputs`` evenly spaced token positions of ``n_tokens`` (all when fewer)."""
+    if n_inputs <= 0 or n_tokens <= 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.linspace(0, n_tokens - 1, min(n_inputs, n_tokens)).round()).astype(int)
 
 
 def save_npz(
@@ -198,13 +218,19 @@ def save_npz(
     meta: dict[str, Any],
     dtype: str,
     token_ids: Sequence[int] | None = None,
+    inputs: dict[int, np.ndarray] | None = None,
+    positions: Sequence[int] | None = None,
 ) -> None:
-    """The captured-routing format: ``layer_<L>`` arrays, a JSON ``meta`` string and
-    (optionally) the ``token_ids`` each row was computed for."""
+    """The captured-routing format: ``layer_<L>`` arrays, a JSON ``meta`` string,
+    (optionally) the ``token_ids`` each row was computed for and, per layer, the router's
+    inputs ``inputs_<L>`` at the token positions ``input_positions``."""
     arrays = {f"layer_{layer}": arr.astype(dtype) for layer, arr in sorted(logits.items())}
     arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
     if token_ids is not None:
         arrays["token_ids"] = np.asarray(token_ids, dtype=np.int32)
+    if inputs:
+        arrays |= {f"inputs_{layer}": arr.astype(dtype) for layer, arr in sorted(inputs.items())}
+        arrays["input_positions"] = np.asarray(positions, dtype=np.int64)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **arrays)
 
@@ -221,8 +247,10 @@ def capture_file(
     store_dtype: str = "float16",
     model_id: str | None = None,
     model: Any = None,
+    n_inputs: int = 256,
 ) -> dict[str, Any]:
-    """Load (unless given), tokenize, capture and save; returns the ``meta`` record."""
+    """Load (unless given), tokenize, capture and save; returns the ``meta`` record.
+    ``n_inputs`` tokens' router inputs are kept per layer (0: none)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
@@ -244,7 +272,8 @@ def capture_file(
     limit = getattr(model.config, "max_position_embeddings", None) or 512
     seq_len = seq_len or min(512, int(limit))
     routers = router_layers(model)
-    logits = capture_logits(model, ids, seq_len, batch_size, routers)
+    positions = input_positions(len(ids), n_inputs)
+    logits, inputs = capture_logits(model, ids, seq_len, batch_size, routers, positions)
     meta = {
         "model": model_id or model_dir.name,
         "tokens": len(ids),
@@ -258,8 +287,13 @@ def capture_file(
         "architecture": type(model).__name__,
         # the module each layer's logits were read from, as the model names it
         "routers": {str(layer): name for layer, (name, _) in routers.items()},
+        "inputs": {
+            "tokens": int(positions.size),
+            "hidden": int(next(iter(inputs.values())).shape[1]) if inputs else 0,
+            "bytes": int(sum(a.size for a in inputs.values()) * np.dtype(store_dtype).itemsize),
+        },
     }
-    save_npz(Path(out), logits, meta, store_dtype, token_ids=ids)
+    save_npz(Path(out), logits, meta, store_dtype, ids, inputs, positions)
     return meta
 
 
@@ -281,6 +315,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--store-dtype", default="float16", choices=["float16", "float32"])
     parser.add_argument(
+        "--inputs",
+        type=int,
+        default=256,
+        help="tokens (evenly spaced) whose router inputs are kept per layer; 0 for none",
+    )
+    parser.add_argument(
         "--model-id", default=None, help="name recorded in meta (default: directory name)"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -293,12 +333,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta = capture_file(
             args.model_dir, args.text, args.out, seq_len=args.seq_len, batch_size=args.batch_size,
             max_tokens=args.max_tokens, dtype=args.dtype, store_dtype=args.store_dtype,
-            model_id=args.model_id,
+            model_id=args.model_id, n_inputs=args.inputs,
         )  # fmt: skip
     except (OSError, ValueError) as exc:
         print(f"moetopo.capture: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {args.out}: {meta['tokens']} {meta['tokenizer']} tokens, layers {meta['layers']}")
+    kept = meta["inputs"]
+    print(
+        f"wrote {args.out}: {meta['tokens']} {meta['tokenizer']} tokens, layers "
+        f"{meta['layers']}; router inputs of {kept['tokens']} tokens x {kept['hidden']} per "
+        f"layer ({kept['bytes'] / 2**20:.1f} MiB)"
+    )
     return 0
 
 

@@ -6,6 +6,7 @@ rule cohomology:
         routing="results/{model}/routing.parquet",
         gates="results/{model}/gates.parquet",
         clusters="results/{model}/clusters.parquet",
+        captured=get_captured,
     output:
         **{
             name: f"results/{{model}}/cohomology/{{layer}}/{name}.parquet"

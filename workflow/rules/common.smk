@@ -57,6 +57,13 @@ def get_routing_inputs(wildcards):
     return inputs
 
 
+def get_captured(wildcards):
+    """The sheet's captured routing file (its router inputs feed the function distance
+    and merge barriers), or nothing."""
+    path = SHEET.routing_file(wildcards.model)
+    return [path] if path else []
+
+
 def get_layer_geometry(wildcards):
     return expand(
         "results/{model}/geometry/{layer}.parquet",

@@ -3,6 +3,7 @@ rule expert_geometry:
         inventory="results/{model}/inventory.parquet",
         gates="results/{model}/gates.parquet",
         coactivation="results/{model}/coactivation.parquet",
+        captured=get_captured,
     output:
         "results/{model}/geometry/{layer}.parquet",
     log:

@@ -1,7 +1,7 @@
 from moetopo.artefacts import read_table, write_table
 from moetopo.artefacts.reopen import reopen_model
 from moetopo.artefacts.views import LazyGates
-from moetopo.stages import run
+from moetopo.stages import captured_file, run
 from moetopo.stages.cohomology import CohomologySettings, layer_cohomology
 
 
@@ -18,7 +18,7 @@ def main(snakemake):
     tables = {
         name: read_table(path)[0]
         for name, path in snakemake.input.items()
-        if name not in ("inventory", "gates")
+        if name not in ("inventory", "gates", "captured")
     }
     frames = layer_cohomology(
         model,
@@ -30,6 +30,7 @@ def main(snakemake):
         clusters=tables["clusters"],
         params=params,
         settings=settings,
+        captured=captured_file(snakemake.input),
     )
     settings_meta = {**vars(params), **vars(settings)}
     for name, frame in frames.items():

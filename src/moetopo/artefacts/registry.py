@@ -76,6 +76,7 @@ SCHEMAS: dict[str, list[tuple[str, pa.DataType]]] = {
         ("i", I64),
         ("j", I64),
         ("distance", F64),
+        ("inputs", STR),
     ],
     "clusters": [
         ("layer", I64),
@@ -169,6 +170,7 @@ SCHEMAS: dict[str, list[tuple[str, pa.DataType]]] = {
         ("quantile", F64),
         ("epsilon", F64),
         ("signal_source", STR),
+        ("signal_inputs", STR),
         ("gradient_energy", F64),
         ("curl_energy", F64),
         ("harmonic_energy", F64),
@@ -198,6 +200,7 @@ SCHEMAS: dict[str, list[tuple[str, pa.DataType]]] = {
         ("expert", I64),
         ("kept", BOOL),
         ("rank", I64),
+        ("barrier_inputs", STR),
     ],
     "layer_summary": [("layer", I64), ("source", STR), ("metric", STR), ("value", F64)],
     "stats_models": [

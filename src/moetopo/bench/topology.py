@@ -87,7 +87,7 @@ def naive(case: dict, quantile: float) -> dict:
     params = TopologyParams()
     rng = null_seed(params.seed, 0, "function")
     null = calibrate(
-        d, kind="squared", maxdim=1, coeff=127, level=0.01, draws=params.null_draws, rng=rng
+        d, kind="metric", maxdim=1, coeff=127, level=0.01, draws=params.null_draws, rng=rng
     )
     vietoris_rips_diagrams(d, threshold=null.thresholds)
     eps = epsilon_at_quantile(d, quantile)

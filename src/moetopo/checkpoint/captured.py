@@ -2,9 +2,11 @@
 
 Per MoE layer a [tokens, experts] array of the router linear's output, optionally the
 token ids each row was computed for and a JSON ``meta`` record. Either an ``.npz``
-(arrays ``layer_<L>``, ``token_ids``, ``meta``) or a Parquet table with columns layer,
-token, logits (a list) and optionally token_id. :func:`captured_shapes` reads only the
-headers, so the workflow refuses a bad file at parse time, before any job runs.
+(arrays ``layer_<L>``, ``token_ids``, ``meta``, and optionally the router's inputs
+``inputs_<L>`` [sampled tokens, hidden] at the token positions ``input_positions``) or a
+Parquet table with columns layer, token, logits (a list) and optionally token_id.
+:func:`captured_shapes` reads only the headers, so the workflow refuses a bad file at
+parse time, before any job runs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from moetopo.errors import MoetopoError
 
 _LAYER = re.compile(r"layer_(\d+)")
+_INPUTS = re.compile(r"inputs_(\d+)")
 
 
 def captured_shapes(path: str | Path) -> dict[int, tuple[int, int | None]]:
@@ -32,6 +35,22 @@ def load_captured(path: str | Path) -> tuple[dict[int, np.ndarray], np.ndarray |
     """Captured router logits: per layer [tokens, experts], token ids if recorded, metadata."""
     captured_shapes(path)
     return _read(path, _load_npz, _load_parquet)
+
+
+def load_inputs(path: str | Path, layer: int) -> np.ndarray | None:
+    """The router's inputs of ``layer`` captured in ``path`` ([tokens, hidden] float32),
+    or None when the file holds none for that layer (Parquet files never do)."""
+    captured_shapes(path)  # also checks the inputs' headers
+    path = Path(path)
+    if path.suffix != ".npz":
+        return None
+
+    def read(p: Path) -> np.ndarray | None:
+        with np.load(p, allow_pickle=False) as data:
+            key = f"inputs_{layer}"
+            return data[key].astype(np.float32) if key in data.files else None
+
+    return _read(path, read, read)
 
 
 def _read(path: str | Path, npz, parquet):
@@ -91,7 +110,7 @@ def _npy_header(archive: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...],
 
 def _npz_shapes(path: Path) -> dict[int, tuple[int, int | None]]:
     shapes: dict[int, tuple[int, int | None]] = {}
-    tokens = None
+    tokens, inputs, positions = None, {}, None
     with zipfile.ZipFile(path) as archive:
         for member in archive.namelist():
             name = member.removesuffix(".npy")
@@ -106,6 +125,17 @@ def _npz_shapes(path: Path) -> dict[int, tuple[int, int | None]]:
                         "float [tokens, experts]"
                     )
                 shapes[int(match.group(1))] = (int(shape[0]), int(shape[1]))
+            elif _INPUTS.fullmatch(name):
+                if len(shape) != 2 or dtype.kind != "f":
+                    raise ValueError(
+                        f"array {name!r} is {dtype} of shape {list(shape)}, expected "
+                        "float [sampled tokens, hidden]"
+                    )
+                inputs[int(name.removeprefix("inputs_"))] = shape
+            elif name == "input_positions":
+                if len(shape) != 1 or dtype.kind not in "iu":
+                    raise ValueError(f"input_positions is {dtype} of shape {list(shape)}")
+                positions = int(shape[0])
             elif name == "token_ids":
                 if len(shape) != 1 or dtype.kind not in "iu":
                     raise ValueError(f"token_ids is {dtype} of shape {list(shape)}, expected int")
@@ -113,7 +143,25 @@ def _npz_shapes(path: Path) -> dict[int, tuple[int, int | None]]:
             elif name == "meta" and (shape != () or dtype.kind != "U"):
                 raise ValueError("meta is not a JSON string")
     _same_tokens(shapes, tokens)
+    _check_inputs(inputs, positions, shapes)
     return shapes
+
+
+def _check_inputs(inputs: dict, positions: int | None, shapes: dict) -> None:
+    """Router inputs: for captured layers only, one row per input position, one width."""
+    if not inputs:
+        return
+    if positions is None:
+        raise ValueError("router inputs without input_positions")
+    stray = sorted(set(inputs) - set(shapes))
+    if stray:
+        raise ValueError(f"router inputs for layers {stray}, which have no logits")
+    rows = {shape[0] for shape in inputs.values()}
+    if rows != {positions} or len({shape[1] for shape in inputs.values()}) > 1:
+        raise ValueError(
+            f"router inputs of shapes {sorted(set(inputs.values()))} do not match "
+            f"{positions} input_positions with one hidden size"
+        )
 
 
 def _parquet_shapes(path: Path) -> dict[int, tuple[int, int | None]]:

@@ -468,9 +468,9 @@ def _params(roles, logical, layers, spec, include_embeddings) -> dict[str, int]:
     routed_active = sum(
         layer.expert_params * layer.top_k / layer.n_experts for layer in layers.values()
     )
-    activated = total - inactive - expert + routed_active
-    if not include_embeddings:
-        activated -= embeddings
+    activated = total - inactive - expert + routed_active - embeddings
+    if include_embeddings:
+        activated += _embeddings_read(roles, logical, spec)
     return {
         "total_params": total,
         "expert_params": expert,
@@ -479,6 +479,27 @@ def _params(roles, logical, layers, spec, include_embeddings) -> dict[str, int]:
         "inactive_params": inactive,
         "mtp_params": mtp,
     }
+
+
+def _embeddings_read(roles, logical, spec) -> int:
+    """Embedding parameters one token reads: one row of each input embedding, and the
+    whole LM head (every token's logits multiply all of it). Without an LM head tensor
+    the head is tied to the input embedding (the largest; a shared one before an
+    encoder's own), which then counts in full."""
+    tables = [
+        n for n, r in roles.items() if not r.mtp and not _inactive(spec, n) and r.role == "embed"
+    ]
+    heads = [
+        n for n, r in roles.items() if not r.mtp and not _inactive(spec, n) and r.role == "lm_head"
+    ]
+    read = sum(logical[n].numel for n in heads)
+    tied = None
+    if not heads and tables:
+        tied = max(tables, key=lambda n: (logical[n].numel, "encoder" not in n, n))
+    for name in tables:
+        shape = logical[name].shape
+        read += logical[name].numel if name == tied else int(shape[-1]) if shape else 0
+    return read
 
 
 def _dtypes(checkpoint: Checkpoint) -> dict[str, int]:

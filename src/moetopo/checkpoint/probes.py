@@ -1,13 +1,15 @@
 """Probe tokens: the weights-only stand-in for real hidden states.
 
 Without captured logits (:mod:`moetopo.checkpoint.captured`), moetopo routes rows of
-the input embedding, normalised as the model's first norm would normalise them.
+the input embedding, normalised as the model's first norm would normalise them; without
+captured router inputs, it compares experts on those rows too (:func:`layer_inputs`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from moetopo.checkpoint.captured import load_inputs
 from moetopo.checkpoint.layout import ModelLayout
 from moetopo.checkpoint.model import OpenModel
 from moetopo.errors import MoetopoError
@@ -136,4 +138,35 @@ def function_probe(
     experts on the same tokens with the same activation.
     """
     x = normalised_embeddings(model, probe_token_ids(model, n_tokens, seed))
-    return x, model.layout.activation, model.checkpoint.config.get("swiglu_limit")
+    return x, *expert_activation(model)
+
+
+def expert_activation(model: OpenModel) -> tuple[str, float | None]:
+    """(activation, SwiGLU clamp) of the model's experts."""
+    return model.layout.activation, model.checkpoint.config.get("swiglu_limit")
+
+
+def layer_inputs(
+    model: OpenModel, layer: int, n_tokens: int, seed: int, captured: str | None = None
+) -> tuple[np.ndarray, str, float | None, str]:
+    """(inputs, activation, SwiGLU clamp, origin) on which ``layer``'s experts are compared.
+
+    The router's inputs captured for that layer (origin "captured"; at most ``n_tokens``
+    of them, drawn with ``seed``) are the hidden states the layer really sees; the probe
+    (origin "probe") is the weights-only stand-in, the same for every layer.
+    """
+    rows = None if captured is None else load_inputs(captured, layer)
+    if rows is None:
+        return (*function_probe(model, n_tokens, seed), "probe")
+    hidden = model.layout.hidden_size
+    if rows.shape[1] != hidden:
+        raise MoetopoError(
+            f"{captured}: layer {layer} router inputs have width {rows.shape[1]}, but the "
+            f"model's hidden size is {hidden}"
+        )
+    if not np.all(np.isfinite(rows)):
+        raise MoetopoError(f"{captured}: layer {layer} router inputs hold NaN or infinity")
+    if len(rows) > n_tokens:
+        pick = np.random.default_rng(seed).choice(len(rows), size=n_tokens, replace=False)
+        rows = rows[np.sort(pick)]
+    return rows, *expert_activation(model), "captured"

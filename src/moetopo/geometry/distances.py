@@ -192,9 +192,26 @@ def coactivation_distances(counts: np.ndarray) -> np.ndarray:
     return distance
 
 
-def pairs_table(layer: int, matrices: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Long-table columns (layer, source, i, j, distance) for i < j."""
+# What each source is computed from; the function distance's entry is where its inputs
+# came from: "captured" (the router's inputs of the layer, from a captured file) or "probe".
+INPUTS = {
+    "router_l1": "router rows",
+    "router_cosine": "router rows",
+    "router_l2": "router rows",
+    "weight_l2": "weights",
+    "weight_cosine": "weights",
+    "function": "probe",
+    "coactivation": "routing",
+}
+
+
+def pairs_table(
+    layer: int, matrices: dict[str, np.ndarray], inputs: dict[str, str] | None = None
+) -> dict[str, np.ndarray]:
+    """Long-table columns (layer, source, i, j, distance, inputs) for i < j; ``inputs``
+    overrides :data:`INPUTS` per source."""
     columns: dict[str, list] = {"layer": [], "source": [], "i": [], "j": [], "distance": []}
+    columns["inputs"] = []
     for source in sorted(matrices):
         matrix = matrices[source]
         i, j = np.triu_indices(matrix.shape[0], k=1)
@@ -203,4 +220,6 @@ def pairs_table(layer: int, matrices: dict[str, np.ndarray]) -> dict[str, np.nda
         columns["i"].append(i)
         columns["j"].append(j)
         columns["distance"].append(matrix[i, j])
+        origin = (inputs or {}).get(source, INPUTS.get(source, ""))
+        columns["inputs"].append(np.full(i.size, origin, dtype=object))
     return {k: np.concatenate(v) if v else np.array([]) for k, v in columns.items()}

@@ -45,7 +45,13 @@ def findings_blocks(data: ReportData) -> list[Block]:
     rows = [[m.name, *model_findings(m, data)] for m in data.models]
     blocks.append(
         Table(
-            ["model", "redundancy", "loops and harmonic flow", "HodgeCover", "routing probe"],
+            [
+                "model",
+                "redundancy",
+                "loops and harmonic flow",
+                "HodgeCover",
+                "inputs and routing probe",
+            ],
             rows,
             anchor="findings-models",
         )

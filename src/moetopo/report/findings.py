@@ -159,12 +159,33 @@ def probe_agreement(model: ModelData) -> str:
     return text + f" Mean per-token top-k overlap {spread(table, 'topk_overlap')}."
 
 
+def function_inputs(model: ModelData) -> str:
+    """Which inputs the function distances (and so the merge barriers) were measured on."""
+    table = model["expert_distances"]
+    if table.empty or "inputs" not in table:
+        return ""
+    rows = table[table.source == "function"].drop_duplicates("layer")
+    if rows.empty:
+        return ""
+    captured = sorted(rows.layer[rows.inputs == "captured"])
+    probe = sorted(rows.layer[rows.inputs != "captured"])
+    if not probe:
+        return "Experts compared on captured router inputs in every MoE layer."
+    if not captured:
+        return "Experts compared on the weights-only probe in every MoE layer (no captured inputs)."
+    return (
+        f"Experts compared on captured router inputs in layers {layers_text(captured)}, on "
+        f"the weights-only probe in layers {layers_text(probe)}."
+    )
+
+
 def model_findings(model: ModelData, data: ReportData) -> list[str]:
+    inputs = function_inputs(model)
     return [
         most_redundant(model, data.settings["threshold_spec"]),
         loops(model, data.stats_models),
         hodgecover_vs_load(model),
-        probe_agreement(model),
+        (inputs + " " if inputs else "") + probe_agreement(model),
     ]
 
 

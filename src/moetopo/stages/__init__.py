@@ -49,3 +49,11 @@ def peak_rss_mib() -> float:
     except OSError:
         pass
     return float("nan")
+
+
+def captured_file(inputs) -> str | None:
+    """The rule's ``captured`` input (the sheet's routing file), None when it has none."""
+    value = getattr(inputs, "captured", None)
+    if isinstance(value, str):
+        return value
+    return str(value[0]) if value else None

@@ -23,9 +23,9 @@ from moetopo.artefacts.views import (
 )
 from moetopo.checkpoint.experts import read_expert
 from moetopo.checkpoint.model import OpenModel
-from moetopo.checkpoint.probes import function_probe
+from moetopo.checkpoint.probes import layer_inputs
 from moetopo.geometry.merging import WeightMergeBarrier
-from moetopo.geometry.sources import cohomology_reads_expert_weights
+from moetopo.geometry.sources import NULL_KINDS, cohomology_reads_expert_weights
 from moetopo.geometry.stalks import expert_frames, router_frames
 from moetopo.topology.layer import LayerTopology, TopologyParams, layer_topology
 
@@ -71,9 +71,12 @@ def layer_cohomology(
     clusters: pd.DataFrame | None,
     params: TopologyParams,
     settings: CohomologySettings,
+    captured: str | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Every topology artefact of ``layer`` (TOPOLOGY_ARTEFACTS -> table); ``model`` is
-    needed only to read expert weights."""
+    needed only to read expert weights. The merge barriers measure the experts on the
+    router inputs captured in ``captured`` where it holds them for the layer, else on the
+    probe; the tables say which."""
     matrices = {source: m for lay, source, m in distance_matrices(distances) if lay == layer}
     n = len(next(iter(matrices.values())))
     rate = None if coactivation is None else coactivation_matrix(coactivation, layer, n, "rate")
@@ -91,13 +94,14 @@ def layer_cohomology(
         frames = expert_frames(model, layer, params.stalk_dim, settings.sheaf_rows, settings.seed)
     elif settings.sheaf_stalks == "router" and gates is not None:
         frames = router_frames(gates[layer].weight, params.stalk_dim)
-    barrier = None
+    barrier, barrier_inputs = None, "none"
     if settings.merge_barriers and model is not None and model.layout.layers[layer].experts:
         moe = model.layout.layers[layer]
+        *tokens, barrier_inputs = layer_inputs(
+            model, layer, settings.function_tokens, settings.seed, captured
+        )
         barrier = WeightMergeBarrier(
-            lambda e: read_expert(model.reader, moe, e),
-            *function_probe(model, settings.function_tokens, settings.seed),
-            cache_bytes=settings.chunk_bytes,
+            lambda e: read_expert(model.reader, moe, e), *tokens, cache_bytes=settings.chunk_bytes
         )
     result = layer_topology(
         matrices,
@@ -108,12 +112,19 @@ def layer_cohomology(
         groups=groups,
         params=params,
         layer=layer,
+        null_kinds=NULL_KINDS,
     )
-    return topology_tables(layer, result)
+    signal_rows = distances[(distances.layer == layer) & (distances.source == signal)]
+    signal_inputs = str(signal_rows.inputs.iloc[0]) if "inputs" in signal_rows else ""
+    return topology_tables(layer, result, signal_inputs, barrier_inputs)
 
 
-def topology_tables(layer: int, result: LayerTopology) -> dict[str, pd.DataFrame]:
-    """The layer's topology as the artefacts' tables, rows in the registry's order."""
+def topology_tables(
+    layer: int, result: LayerTopology, signal_inputs: str = "", barrier_inputs: str = "none"
+) -> dict[str, pd.DataFrame]:
+    """The layer's topology as the artefacts' tables, rows in the registry's order;
+    ``signal_inputs`` and ``barrier_inputs`` say what the Hodge signal's distances and
+    the merge barriers were computed on."""
     persistence = [
         bars.assign(layer=layer, source=source) for source, bars in result.diagrams.items()
     ]
@@ -121,11 +132,12 @@ def topology_tables(layer: int, result: LayerTopology) -> dict[str, pd.DataFrame
     for scale in result.scales:
         key = {"layer": layer, "source": scale.source, "quantile": scale.quantile}
         key["epsilon"] = scale.epsilon
-        hodge.append(key | scale.hodge | {"signal_source": result.signal_source})
+        source = {"signal_source": result.signal_source, "signal_inputs": signal_inputs}
+        hodge.append(key | scale.hodge | source)
         critical.append(pd.DataFrame(scale.critical).assign(**key))
         if scale.sheaf is not None:
             sheaf.append(key | scale.sheaf)
-    cover = _cover_rows(layer, result)
+    cover = [rows.assign(barrier_inputs=barrier_inputs) for rows in _cover_rows(layer, result)]
     return {
         "persistence": _frame(persistence, "persistence", ["source", "dim"]),
         "sheaf": pd.DataFrame(sheaf, columns=columns("sheaf")),

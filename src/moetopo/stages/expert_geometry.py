@@ -7,7 +7,7 @@ import pandas as pd
 
 from moetopo.artefacts.views import GateLayer, coactivation_matrix
 from moetopo.checkpoint.model import OpenModel
-from moetopo.checkpoint.probes import function_probe
+from moetopo.checkpoint.probes import layer_inputs
 from moetopo.geometry.distances import (
     coactivation_distances,
     layer_function_distances,
@@ -26,14 +26,18 @@ def layer_distances(
     function_tokens: int = 256,
     seed: int = 0,
     chunk_bytes: int = 256 << 20,
-) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Distance matrices of ``layer`` for each requested source, and warnings."""
+    captured: str | None = None,
+) -> tuple[dict[str, np.ndarray], list[str], dict[str, str]]:
+    """Distance matrices of ``layer`` for each requested source, warnings, and what each
+    source was computed from (:data:`moetopo.geometry.distances.INPUTS`; the function
+    distance on the router inputs captured in ``captured`` where it holds them)."""
     unknown = sorted(set(sources) - set(SOURCES))
     if unknown:
         raise ValueError(f"unknown distance sources {unknown}; known: {list(SOURCES)}")
     moe = model.layout.layers[layer]
     matrices: dict[str, np.ndarray] = {}
     warnings: list[str] = []
+    inputs: dict[str, str] = {}
     if any(s.startswith("router_") for s in sources):
         if gates[layer].nonfinite:
             warnings.append(
@@ -49,7 +53,7 @@ def layer_distances(
             found = weight_distances(model.reader, moe, chunk_bytes)
             matrices.update({k: v for k, v in found.items() if k in sources})
         if "function" in sources:
-            probe = function_probe(model, function_tokens, seed)
+            *probe, inputs["function"] = layer_inputs(model, layer, function_tokens, seed, captured)
             matrices["function"] = layer_function_distances(model.reader, moe, *probe, chunk_bytes)
     if "coactivation" in sources:
         if coactivation is None:
@@ -57,4 +61,4 @@ def layer_distances(
         else:
             counts = coactivation_matrix(coactivation, layer, moe.n_experts)
             matrices["coactivation"] = coactivation_distances(counts)
-    return matrices, warnings
+    return matrices, warnings, inputs

@@ -18,7 +18,6 @@ import pandas as pd
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from moetopo.geometry.sources import NULL_KINDS
 from moetopo.topology.complex import (
     RipsComplex,
     check_distance_matrix,
@@ -123,12 +122,13 @@ def layer_topology(
     groups: np.ndarray | None = None,
     params: TopologyParams = TopologyParams(),
     layer: int = 0,
+    null_kinds: Mapping[str, str] | None = None,
 ) -> LayerTopology:
     """Topology of one layer from its expert distance matrices (one per source).
 
     - persistence: every source, H0..H``maxdim``, each bar's p-value against the source's
-      null model (:mod:`moetopo.topology.null`, of the kind the source's name gives in
-      ``NULL_KINDS``, else a metric; ``layer`` and ``params.seed`` seed its draws) and
+      null model (:mod:`moetopo.topology.null`, of the kind ``null_kinds`` gives the
+      source, else a metric; ``layer`` and ``params.seed`` seed its draws) and
       whether it is significant at ``params.significance_level``.
     - hodge: for every source and scale, the complex of that source at the scale's
       quantile, carrying the signal source's distances as a symmetric edge signal, split
@@ -162,7 +162,7 @@ def layer_topology(
     for name, d in sources.items():
         nulls[name] = calibrate(
             d,
-            kind=NULL_KINDS.get(name, "metric"),
+            kind=(null_kinds or {}).get(name, "metric"),
             maxdim=params.maxdim,
             coeff=params.coeff,
             level=params.significance_level,

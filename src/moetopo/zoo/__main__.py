@@ -37,10 +37,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (1: tiny models gain little)"
     )
+    parser.add_argument(
+        "--recapture",
+        action="store_true",
+        help="only capture the built zoo's routing again (router logits and inputs)",
+    )
     args = parser.parse_args(argv)
 
     try:
-        from moetopo.zoo.build import BuildOptions, build, summary
+        from moetopo.zoo.build import BuildOptions, build, recapture, summary
     except ImportError as exc:  # torch / transformers missing
         print(
             f"moetopo.zoo needs the 'zoo' extra (pip install 'moetopo[zoo]'): {exc}",
@@ -48,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     root = args.root
+    if args.recapture:
+        recapture(args.out or root / "resources" / "zoo")
+        return 0
     if args.quick:
         specs, tuned = quick_zoo(args.steps or 10)
         out = args.out or root / "build" / "zoo-quick"

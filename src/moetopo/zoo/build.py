@@ -148,7 +148,12 @@ def finish_model(
         "params_total": counts["total"],
         "params_activated": counts["activated"],
         "train_seconds": round(seconds, 1),
-        "routing": {"file": mf.ROUTING_FILE, "tokens": meta["tokens"], "layers": meta["layers"]},
+        "routing": {
+            "file": mf.ROUTING_FILE,
+            "tokens": meta["tokens"],
+            "layers": meta["layers"],
+            "inputs": meta["inputs"],
+        },  # fmt: skip
         "shards": mf.shard_names(model_dir),
         "files": mf.describe_files(model_dir),
     }
@@ -273,6 +278,30 @@ def build(
         f"built {len(entries)} models in {manifest['build_seconds']} s, "
         f"{manifest['total_bytes']} bytes"
     )
+    return manifest
+
+
+def recapture(out_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Capture every model of a built zoo again (router logits and router inputs) from its
+    saved weights, as the build does, and update the manifest's routing and file records.
+    Weights, scores and everything else stay as built."""
+    from transformers import AutoModelForCausalLM
+
+    manifest = mf.read_manifest(out_dir)
+    probe = out_dir / manifest["probe"]["file"]
+    for entry in manifest["models"]:
+        model_dir = out_dir / entry["id"]
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        seq_len = entry["hyperparameters"]["seq_len"]
+        meta = capture_file(model_dir, probe, model_dir / mf.ROUTING_FILE, model_id=entry["id"],
+                            model=model, seq_len=seq_len)  # fmt: skip
+        entry["routing"] = {"file": mf.ROUTING_FILE, "tokens": meta["tokens"],
+                            "layers": meta["layers"], "inputs": meta["inputs"]}  # fmt: skip
+        entry["files"] = mf.describe_files(model_dir)
+        entry["bytes"] = sum(f["bytes"] for f in entry["files"])
+        log(f"  {entry['id']}: {meta['tokens']} tokens, inputs {meta['inputs']}")
+    manifest["total_bytes"] = dir_bytes(out_dir)
+    mf.write_manifest(out_dir, manifest)
     return manifest
 
 
