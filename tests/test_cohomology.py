@@ -142,5 +142,7 @@ def test_the_rules_params_split_into_topology_parameters_and_stage_settings():
     values |= {"path": "m", "family": ""}  # params the dataclasses do not take
     params, settings = CohomologySettings.split(values, 256 << 20)
     assert params == TopologyParams() and settings == CohomologySettings()
-    changed, _ = CohomologySettings.split(values | {"epsilon_quantiles": [0.2, 0.4]}, 1)
+    changed, _ = CohomologySettings.split(
+        values | {"epsilon_quantiles": [0.2, 0.4], "cover_quantile": 0.4}, 1
+    )
     assert changed.epsilon_quantiles == (0.2, 0.4)

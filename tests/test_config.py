@@ -81,6 +81,7 @@ CODE_DEFAULTS = [
         "hodge_signal", "n_critical_edges", "max_triangles",
     )),
     (TopologyParams, "cohomology", "epsilon_quantiles"),
+    (TopologyParams, "cohomology", "cover_quantile"),
     (TopologyParams, "cohomology", "keep_fractions"),
     *((CohomologySettings, "cohomology", key) for key in (
         "sheaf_stalks", "sheaf_rows", "groups_threshold", "merge_barriers",

@@ -38,6 +38,12 @@ SPECS = ["r0.25", "r0.5", "q0.1"]
 LAYERS = [1, 2]
 N_EXPERTS = 6
 MODELS = ["m0", "m1", "m2", "m3", "m4-ft"]
+PRIMARY = {
+    "metric": "h1_count_per_active_param",
+    "source": "router_l1",
+    "statistic": "partial_spearman",
+    "level": "model",
+}
 PAIR = ("m0", "m4-ft")
 PNG = b"\x89PNG\r\n\x1a\n"
 VOID = {"meta", "img", "br", "hr", "link", "input", "col", "wbr", "source"}
@@ -186,6 +192,7 @@ def model_tables_for(k: int, rng: np.random.Generator) -> tuple[dict, pd.DataFra
                             "keep": keep,
                             "expert": np.arange(N_EXPERTS),
                             "kept": rank < keep,
+                            "quantile": 0.3,
                             "barrier_inputs": "captured",
                             "rank": rank,
                         }
@@ -301,6 +308,7 @@ def write_artefacts(root: Path) -> None:
         n_resamples=199,
         seed=0,
         min_models=3,
+        primary=PRIMARY,
     )
     study = study_files(root, True)
     params = {
@@ -422,6 +430,8 @@ def check_numbers(page: Page, root: Path, models: list[str], pairs: list[str]) -
             assert close(cell["estimate"], row.estimate)
             assert cell["interval"] == fmt.interval(row.ci_low, row.ci_high)
             assert cell["p adjusted"] == fmt.sig(row.p_adjusted)
+            error = f" ± {fmt.sig(row.p_mc_error)}" if row.p_mc_error > 0 else ""
+            assert cell["p"] == fmt.sig(row.p_value) + error
             assert cell["verdict"] == row.verdict and cell["reason"] == row.reason
     summary_rows = {r["model"]: r for r in page.rows("models-summary")}
     for model in models:
@@ -481,7 +491,7 @@ def check_self_contained(out: Path) -> Page:
 def test_html_parses_and_every_figure_is_embedded(report):
     _, out = report
     page = check_self_contained(out)
-    assert len(page.images) == 5 * len(MODELS) + 2 + 2  # 5 per model, 2 per pair, 2 conjecture
+    assert len(page.images) == 6 * len(MODELS) + 2 + 2  # 6 per model, 2 per pair, 2 conjecture
     assert "http://" not in (out / "index.html").read_text()
 
 
@@ -546,10 +556,21 @@ def test_the_verdict_in_words_is_the_artefacts(report):
         if np.isfinite(row.estimate):
             assert f"= {fmt.fixed(row.estimate)}, {row.ci_method} interval" in verdict
         assert f": {row.verdict}" in verdict
-    assert f"Measured on {rows.n_models.iloc[0]} models" in verdict
-    # the lead asks; only the adjusted verdicts after it answer
-    assert verdict.split("**", 2)[1].startswith("Conjecture tested: does ")
-    assert "In short, with verdicts adjusted for the number of tests: across models" in verdict
+    assert f"Measured across {rows.n_models.iloc[0]} models" in verdict
+    # the lead asks the declared primary question and answers it from its row alone
+    lead = verdict.split("**", 2)[1]
+    assert lead.startswith("Primary test, declared before the run: does significant H1 bars")
+    assert "track the score, controlling for size?" in lead
+    primary = rows[rows.primary].iloc[0]
+    assert primary.statistic == "partial_spearman"
+    answer = lead.split("is better). ", 1)[1]
+    if np.isfinite(primary.estimate):
+        assert answer.startswith(f"Spearman ρ controlling for size = {fmt.fixed(primary.estimate)}")
+        assert f"(adjusted for multiple tests {fmt.sig(primary.p_adjusted)})" in answer
+    else:  # the synthetic score is a function of size: nothing left to correlate
+        assert answer == f"Spearman ρ controlling for size: {primary.verdict} ({primary.reason})."
+    other = "The other statistics of this metric and source, with verdicts adjusted for the "
+    assert other + "number of tests: across models" in verdict
     model_level = conjecture[conjecture.level == "model"]
     # no decided verdict rests on a test that the adjustment for many tests undoes
     decided = model_level.verdict != "inconclusive"
@@ -581,13 +602,13 @@ def test_a_study_without_any_nonzero_metric_says_not_measurable():
     ]
     table = conjecture_rows(
         models, layers, higher_is_better=False, confidence_level=0.95, n_resamples=199,
-        seed=0, min_models=3,
+        seed=0, min_models=3, primary=PRIMARY,
     )  # fmt: skip
     assert (table.n_nonzero == 0).all() and (table.verdict == "inconclusive").all()
     assert table.reason.str.startswith("no scored model has a nonzero").all()
     data = SimpleNamespace(
         conjecture=table,
-        settings={"metric": "h1_count_per_active_param", "source": "router_l1"},
+        settings={},
         conjecture_params={"confidence_level": 0.95, "higher_is_better": False},
     )
     lead, tallies = conjecture_verdict(data)
@@ -731,3 +752,51 @@ def test_markdown_never_passes_names_through_as_html():
     assert len(outside_code) == 2  # the fence outgrew the backticks inside it
     assert all("<script" not in part for part in outside_code)
     assert text.count("&lt;script>") == 11  # each place a name can stand
+
+
+def test_a_fine_tune_and_its_base_are_one_model_of_evidence():
+    rng = np.random.default_rng(5)
+    names = [f"m{k}" for k in range(7)] + ["m0-ft", "m0-ft-ft"]
+    h1 = rng.uniform(0.1, 1.0, len(names))
+    models = pd.DataFrame(
+        {
+            "model": names,
+            "source": "router_l1",
+            "metric": "h1_count",
+            "score": 2.0 - h1 + 0.01 * rng.normal(size=len(names)),
+            "h1_per_active_param": h1,
+            "total_params": 1e6,
+        }
+    )
+    layers = models.assign(layer=0, per_active_param=h1)[
+        ["model", "layer", "source", "metric", "score", "per_active_param"]
+    ]
+    clusters = {"m0-ft": "m0", "m0-ft-ft": "m0"}
+    table = conjecture_rows(
+        models, layers, higher_is_better=False, confidence_level=0.95, n_resamples=199,
+        seed=0, min_models=3, primary=PRIMARY, clusters=clusters,
+    )  # fmt: skip
+    assert (table.n_models == 7).all()  # nine checkpoints, seven independent models
+    alone = conjecture_rows(
+        models[models.model.isin(names[1:7])],
+        layers[layers.model.isin(names[1:7])],
+        higher_is_better=False, confidence_level=0.95, n_resamples=199, seed=0, min_models=3,
+    )  # fmt: skip
+    assert (alone.n_models == 6).all()
+    # the cluster enters as the mean of its members
+    mean = models[models.model.str.startswith("m0")][["h1_per_active_param", "score"]].mean()
+    expected = np.corrcoef(
+        np.r_[mean.h1_per_active_param, h1[1:7]], -np.r_[mean.score, models.score[1:7]]
+    )[0, 1]
+    raw = table[(table.level == "model") & (table.statistic == "pearson")].iloc[0]
+    assert raw.estimate == pytest.approx(expected)
+
+
+def test_pairs_give_each_fine_tune_the_base_it_descends_from():
+    from moetopo.pipeline.pairs import PairSheet
+
+    class Sheet:
+        names = ["a", "b", "c", "d"]
+
+    pairs = pd.DataFrame({"base": ["a", "b", "a"], "tuned": ["b", "c", "d"]})
+    assert PairSheet(pairs, Sheet()).clusters() == {"b": "a", "c": "a", "d": "a"}

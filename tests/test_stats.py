@@ -485,3 +485,43 @@ def test_a_verdict_claims_no_more_than_its_adjusted_evidence():
     assert "not once the 40 model-level tests are counted" in out.reason[0]
     assert "adjusted p = 0.6" in out.reason[0]  # 0.03 * 40 / 2, then the running minimum
     assert (out.verdict[2:] == "inconclusive").all() and out.reason[1] == "interval excludes 0"
+
+
+def test_an_interval_with_more_undefined_resamples_than_its_tail_is_not_trusted():
+    # x is nonzero for 2 of 12 models; the resamples that miss both are undefined:
+    # (10/12)^12, about 11% of them, far above the 2.5% tail
+    x = np.zeros(12)
+    x[[10, 11]] = [1.0, 1.2]
+    y = np.arange(12.0)
+    y[[10, 11]] = [30.0, 31.0]
+    result = correlation_test(x, y, min_n=3, n_resamples=9999)
+    assert result.ci_low > 0 and result.p_value <= 0.05
+    assert result.verdict == "inconclusive"
+    assert "resamples were undefined, more than its 0.025 tail" in result.reason
+
+
+def test_a_p_value_within_monte_carlo_error_of_the_level_is_too_close_to_call():
+    from moetopo.stats._resampling import Interval
+    from moetopo.stats.correlation import _conclude
+
+    interval = Interval(0.1, 0.5, "BCa", "", 0, 999)
+    close = _conclude("pearson", 0.3, interval, (0.045, 0.007), 20, 20, 0.95, "")
+    assert close.verdict == "inconclusive" and "within 3 Monte Carlo errors" in close.reason
+    clear = _conclude("pearson", 0.3, interval, (0.01, 0.003), 20, 20, 0.95, "")
+    assert clear.verdict == "supported" and "p = 0.01 ± 0.003" in clear.reason
+
+
+def test_monte_carlo_error_is_zero_for_exact_tests_and_binomial_otherwise():
+    from moetopo.stats._resampling import monte_carlo_error
+
+    assert monte_carlo_error(0.2, 5, 9999) == 0.0  # 5! = 120 orders: enumerated
+    assert monte_carlo_error(0.04, 12, 9999) == pytest.approx(np.sqrt(0.04 * 0.96 / 9999))
+
+
+def test_verdicts_of_a_planted_effect_do_not_move_with_the_seed():
+    rng = np.random.default_rng(31)
+    x = rng.normal(size=20)
+    y = 0.6 * x + rng.normal(size=20)
+    verdicts = {correlation_test(x, y, seed=s).verdict for s in range(5)}
+    weak = {correlation_test(x, rng.normal(size=20), seed=s).verdict for s in range(5)}
+    assert verdicts == {"supported"} and weak == {"inconclusive"}

@@ -20,5 +20,6 @@ rule conjecture:
         **config["conjecture"],
         models=SHEET.names,
         scores=[SHEET.score(m) for m in SHEET.names],
+        clusters=PAIRS.clusters(),
     script:
         "../scripts/conjecture.py"

@@ -46,6 +46,14 @@ rule report:
             subcategory="Persistence",
             labels={"model": "{model}", "figure": "persistence"},
         ),
+        scales=report(
+            directory("results/report/figures/scales"),
+            patterns=["{model}.png"],
+            caption="../report/scales.rst",
+            category="4. Models",
+            subcategory="Scales",
+            labels={"model": "{model}", "figure": "scales"},
+        ),
         hodge=report(
             directory("results/report/figures/hodge"),
             patterns=["{model}.png"],

@@ -23,6 +23,12 @@ def main(snakemake):
         for n, s in zip(names, p.scores, strict=True)
     ]
     models, layers = model_tables(rows, summaries, layer_summaries)
+    primary = {
+        "metric": p.primary_metric,
+        "source": p.primary_source,
+        "statistic": p.primary_statistic,
+        "level": p.primary_level,
+    }
     settings = {
         "higher_is_better": p.higher_is_better,
         "confidence_level": p.confidence_level,
@@ -30,6 +36,8 @@ def main(snakemake):
         "seed": p.seed,
         "min_models": p.min_models,
         "sources": list(p.sources),
+        "primary": primary,
+        "clusters": dict(p.clusters),
         "scores": dict(zip(names, p.scores, strict=True)),
     }
     table = conjecture_rows(
@@ -41,6 +49,8 @@ def main(snakemake):
         seed=p.seed,
         min_models=p.min_models,
         sources=list(p.sources) or None,
+        primary=primary,
+        clusters=dict(p.clusters),
     )
     write_table(
         models,

@@ -200,6 +200,7 @@ SCHEMAS: dict[str, list[tuple[str, pa.DataType]]] = {
         ("expert", I64),
         ("kept", BOOL),
         ("rank", I64),
+        ("quantile", F64),
         ("barrier_inputs", STR),
     ],
     "layer_summary": [("layer", I64), ("source", STR), ("metric", STR), ("value", F64)],
@@ -236,6 +237,7 @@ SCHEMAS: dict[str, list[tuple[str, pa.DataType]]] = {
         ("ci_high", F64),
         ("ci_method", STR),
         ("p_value", F64),
+        ("p_mc_error", F64),
         ("p_adjusted", F64),
         ("n_models", I64),
         ("n_layers", I64),
@@ -243,6 +245,7 @@ SCHEMAS: dict[str, list[tuple[str, pa.DataType]]] = {
         ("verdict", STR),
         ("verdict_unadjusted", STR),
         ("reason", STR),
+        ("primary", BOOL),
     ],
     "bottleneck": [
         ("layer", I64),

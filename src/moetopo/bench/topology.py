@@ -65,7 +65,7 @@ def ours(case: dict, quantile: float) -> dict:
         load=case["load"],
         frames=case["frames"],
         merge_barrier=merge_barrier,
-        params=TopologyParams(epsilon_quantiles=(quantile,)),
+        params=TopologyParams(epsilon_quantiles=(quantile,), cover_quantile=quantile),
     )
     topology_tables(0, out)  # the stage's tables are part of its cost
     seconds = time.perf_counter() - start

@@ -17,7 +17,7 @@ def check_config(config: dict) -> None:
     named = [
         ("cohomology.hodge_signal", [config["cohomology"]["hodge_signal"]]),
         ("crossref.source", [config["crossref"]["source"]]),
-        ("report.source", [config["report"]["source"]]),
+        ("conjecture.primary_source", [config["conjecture"]["primary_source"]]),
         ("conjecture.sources", list(config["conjecture"]["sources"])),
         ("clusters.absolute", list(config["clusters"]["absolute"])),
     ]
@@ -28,6 +28,20 @@ def check_config(config: dict) -> None:
                 f"config: {key} names {', '.join(missing)}, which geometry.sources does not "
                 f"compute ({', '.join(computed)}); add it there or choose one of those"
             )
+    conjecture = config["conjecture"]
+    tested = list(conjecture["sources"])
+    if tested and conjecture["primary_source"] not in tested:
+        raise MoetopoError(
+            f"config: conjecture.primary_source {conjecture['primary_source']} is not among "
+            f"conjecture.sources ({', '.join(tested)}), so the primary test would not run"
+        )
+    if conjecture["primary_level"] == "layer" and conjecture["primary_statistic"].startswith(
+        "partial_"
+    ):
+        raise MoetopoError(
+            f"config: conjecture.primary_statistic {conjecture['primary_statistic']} has no "
+            "layer-level test; choose pearson or spearman, or primary_level: model"
+        )
 
 
 def result_params(config: dict) -> dict:

@@ -48,6 +48,20 @@ class PairSheet:
     def tuned(self, pair: str) -> str:
         return self.pairs[pair][1]
 
+    def clusters(self) -> dict[str, str]:
+        """Every fine-tune -> the model it descends from through the pairs (its base, or
+        its base's base): a base and its fine-tunes share weights, so the conjecture counts
+        them as one model."""
+        base_of = {tuned: base for base, tuned in self.pairs.values()}
+        roots = {}
+        for tuned in base_of:
+            root, seen = tuned, set()
+            while root in base_of and root not in seen:
+                seen.add(root)
+                root = base_of[root]
+            roots[tuned] = root
+        return roots
+
     def layers(self, pair: str) -> list[int]:
         """Every layer of the base model: each is one attention_diff job."""
         return list(range(self.models.layout(self.base(pair)).n_layers))

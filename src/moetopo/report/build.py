@@ -26,7 +26,15 @@ from moetopo.report.models import models_blocks
 from moetopo.report.pairs import pairs_blocks
 from moetopo.report.provenance import provenance_blocks
 
-FIGURE_KINDS = ("conjecture", "redundancy", "distances", "persistence", "hodge", "sheaf")
+FIGURE_KINDS = (
+    "conjecture",
+    "redundancy",
+    "distances",
+    "persistence",
+    "scales",
+    "hodge",
+    "sheaf",
+)
 FIGURE_KINDS += ("scaffold", "change")
 EXPORTED_TABLES = (
     "models-summary",

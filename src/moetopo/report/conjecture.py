@@ -7,7 +7,13 @@ import pandas as pd
 from moetopo.report import fmt, study_figures
 from moetopo.report.data import ReportData
 from moetopo.report.doc import Block, Figure, Heading, Para, Table
-from moetopo.report.findings import METRICS, STATISTICS, conjecture_verdict, primary_rows
+from moetopo.report.findings import (
+    METRICS,
+    STATISTICS,
+    conjecture_verdict,
+    monte_carlo,
+    primary_rows,
+)
 
 
 def tests_table(table: pd.DataFrame, level: str) -> Table:
@@ -23,7 +29,7 @@ def tests_table(table: pd.DataFrame, level: str) -> Table:
             fmt.fixed(r.estimate),
             fmt.interval(r.ci_low, r.ci_high),
             r.ci_method,
-            fmt.sig(r.p_value),
+            fmt.sig(r.p_value) + monte_carlo(r),
             fmt.sig(r.p_adjusted),
             fmt.count(r.n_models),
         ]

@@ -136,8 +136,6 @@ def load_report(
 DEFAULTS = {
     "threshold_spec": "r0.5",
     "heatmap_layers": 2,
-    "metric": "h1_count_per_active_param",
-    "source": "router_l1",
 }
 
 

@@ -215,9 +215,54 @@ def persistence(model: ModelData) -> bytes:
     return png(fig)
 
 
-def hodge(model: ModelData) -> bytes:
-    """Gradient, curl and harmonic share of the edge signal's energy per layer and source."""
+CYCLE_EDGES = 4  # a complex with fewer edges cannot hold a hollow cycle: b1 = 0 by force
+
+
+def cover_scale(model: ModelData) -> float | None:
+    """The quantile HodgeCover selected on (the scale the one-scale views show), else the
+    median scale computed; None without complexes."""
+    cover, hodge = model["hodgecover"], model["hodge"]
+    if "quantile" in cover and cover["quantile"].notna().any():
+        return float(cover["quantile"].dropna().iloc[0])
+    scales = sorted(hodge["quantile"].unique()) if len(hodge) else []
+    return float(scales[len(scales) // 2]) if scales else None
+
+
+def at_cover_scale(model: ModelData, table: pd.DataFrame) -> pd.DataFrame:
+    scale = cover_scale(model)
+    return table if scale is None else table[np.isclose(table["quantile"], scale)]
+
+
+def scales(model: ModelData) -> bytes:
+    """b1 of every layer's complex at every scale, one panel per source: a conclusion holds
+    where it holds across scales. Hollow markers: too few edges for any cycle."""
     table = model["hodge"]
+    if table.empty:
+        return empty("no complexes")
+    sources = ordered_sources(table.source.unique())
+    fig, axes = panels(len(sources))
+    for ax, source in zip(axes, sources, strict=True):
+        rows = table[table.source == source]
+        for k, (layer, part) in enumerate(rows.groupby("layer", sort=True)):
+            part = part.sort_values("quantile")
+            colour = f"C{k % 10}"
+            q, b1 = part["quantile"].to_numpy(), part.betti1.to_numpy()
+            ax.plot(q, b1, "-", color=colour, lw=1, label=f"layer {layer}")
+            ok = (part.n_edges >= CYCLE_EDGES).to_numpy()
+            for mask, face in ((ok, colour), (~ok, "none")):
+                ax.scatter(q[mask], b1[mask], s=14, facecolors=face, edgecolors=colour)
+        ax.set_title(f"{source} complex", fontsize=9)
+        ax.set_xlabel("scale (distance quantile)", fontsize=8)
+        ax.set_ylabel("β1", fontsize=8)
+        ax.yaxis.get_major_locator().set_params(integer=True)
+    legend(fig, axes[0])
+    return png(fig)
+
+
+def hodge(model: ModelData) -> bytes:
+    """Gradient, curl and harmonic share of the edge signal's energy per layer and source,
+    at HodgeCover's scale."""
+    table = at_cover_scale(model, model["hodge"])
     if table.empty:
         return empty("no Hodge decomposition")
     sources = ordered_sources(table.source.unique())
@@ -245,8 +290,8 @@ def hodge(model: ModelData) -> bytes:
 
 
 def sheaf(model: ModelData) -> bytes:
-    """Sheaf cohomology h0 and h1 per layer, one line per source."""
-    table = model["sheaf"]
+    """Sheaf cohomology h0 and h1 per layer, one line per source, at HodgeCover's scale."""
+    table = at_cover_scale(model, model["sheaf"])
     if table.empty:
         return empty("no sheaf cohomology")
     fig, axes = panels(2, size=(4.2, 2.6))

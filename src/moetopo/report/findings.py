@@ -12,6 +12,7 @@ import pandas as pd
 
 from moetopo.report import fmt
 from moetopo.report.data import ModelData, PairData, ReportData
+from moetopo.report.figures import CYCLE_EDGES
 
 STATISTICS = {
     "pearson": "Pearson r",
@@ -89,14 +90,22 @@ def loops(model: ModelData, stats_models: pd.DataFrame) -> str:
     else:
         text = "No significant H1 bar in any layer or source."
     hodge = model["hodge"]
-    harmonic = hodge[hodge.betti1 > 0]
+    possible = hodge[hodge.n_edges >= CYCLE_EDGES]
+    if possible.empty:
+        return text + (
+            " Harmonic flow not measurable: no complex, at any scale, has the 4 edges a "
+            "cycle needs."
+        )
+    harmonic = possible[possible.betti1 > 0]
     if harmonic.empty:
-        return text + " No harmonic flow: every cycle of the complexes is filled."
+        return text + " No harmonic flow at any scale: every cycle of the complexes is filled."
     top = harmonic.sort_values(["harmonic_fraction", "layer"], ascending=[False, True]).iloc[0]
     return text + (
-        f" Harmonic flow (betti1 > 0) in layers {layers_text(sorted(harmonic.layer.unique()))}; "
-        f"largest harmonic fraction {fmt.sig(top.harmonic_fraction)} "
-        f"(layer {top.layer}, {top.source} complex, {top.signal_source} signal)."
+        f" Harmonic flow (betti1 > 0) in layers {layers_text(sorted(harmonic.layer.unique()))}, "
+        f"in {len(harmonic)} of the {len(possible)} complexes (scales and sources) that can "
+        f"hold a cycle; largest harmonic fraction {fmt.sig(top.harmonic_fraction)} (layer "
+        f"{top.layer}, {top.source} complex at the {top['quantile']:g} quantile, "
+        f"{top.signal_source} signal)."
     )
 
 
@@ -239,17 +248,21 @@ def pair_findings(pair: PairData) -> list[str]:
 
 
 def primary_rows(data: ReportData) -> tuple[pd.DataFrame, str]:
-    """Conjecture rows of the headline metric and source, and a note when it fell back."""
+    """Conjecture rows of the primary test's metric and source, and a note when no
+    primary test ran (then the first metric and source tested stand in)."""
     table = data.conjecture
-    metric, source = data.settings["metric"], data.settings["source"]
-    chosen = table[(table.metric == metric) & (table.source == source)]
-    if not chosen.empty or table.empty:
-        return chosen, ""
-    first = table.sort_values(["metric", "source"]).iloc[0]
-    note = (
-        f"The configured headline ({metric}, {source}) was not tested; showing "
-        f"{first.metric}, {first.source}."
-    )
+    if table.empty:
+        return table, ""
+    primary = table[table.primary] if "primary" in table else table.iloc[:0]
+    note = ""
+    if primary.empty:
+        first = table.sort_values(["metric", "source"]).iloc[0]
+        note = (
+            f"No primary test ran (see conjecture.primary_* in the config); showing "
+            f"{first.metric}, {first.source}, which no verdict was declared for."
+        )
+    else:
+        first = primary.iloc[0]
     return table[(table.metric == first.metric) & (table.source == first.source)], note
 
 
@@ -257,11 +270,25 @@ def statistic_sentence(row) -> str:
     name = STATISTICS.get(row.statistic, row.statistic)
     if row.ci_method == "none" or pd.isna(row.estimate):
         return f"{name}: {row.verdict} ({row.reason})."
+    if row.verdict == "inconclusive" and row.verdict_unadjusted != "inconclusive":
+        return (
+            f"{name} = {fmt.fixed(row.estimate)}, {row.ci_method} interval "
+            f"{fmt.interval(row.ci_low, row.ci_high)}, permutation p = {fmt.sig(row.p_value)}"
+            f"{monte_carlo(row)} (adjusted for multiple tests {fmt.sig(row.p_adjusted)}): "
+            f"inconclusive ({row.reason})."
+        )
     return (
         f"{name} = {fmt.fixed(row.estimate)}, {row.ci_method} interval "
-        f"{fmt.interval(row.ci_low, row.ci_high)}, permutation p = {fmt.sig(row.p_value)} "
+        f"{fmt.interval(row.ci_low, row.ci_high)}, permutation p = {fmt.sig(row.p_value)}"
+        f"{monte_carlo(row)} "
         f"(adjusted for multiple tests {fmt.sig(row.p_adjusted)}): {row.verdict}."
     )
+
+
+def monte_carlo(row) -> str:
+    """' ± 0.0021' (the p-value's Monte Carlo error), or nothing for an exact test."""
+    error = getattr(row, "p_mc_error", float("nan"))
+    return f" ± {fmt.sig(error)}" if pd.notna(error) and error > 0 else ""
 
 
 def tally(table: pd.DataFrame, alpha: float) -> str:
@@ -299,33 +326,28 @@ def in_short(model_rows: pd.DataFrame, layer_rows: pd.DataFrame) -> str:
 
 
 def conjecture_verdict(data: ReportData) -> list[str]:
-    """The verdict paragraph: the headline rows' verdicts, then the tally of all tests."""
+    """The verdict paragraphs: the primary test's answer, then the other statistics of its
+    metric and source, then the tally of all tests."""
     rows, note = primary_rows(data)
     order = {name: k for k, name in enumerate(STATISTICS)}
     rows = rows.sort_values("statistic", key=lambda c: c.map(order).fillna(len(order)))
     if rows.empty:
         return ["The conjecture was not tested: no model has both a score and H1 figures."]
     params = data.conjecture_params
-    model_rows = rows[rows.level == "model"]
-    layer_rows = rows[rows.level == "layer"]
-    first = rows.iloc[0]
-    level = f"{100 * confidence_level(params):g}%"
-    direction = "higher" if params.get("higher_is_better", True) else "lower"
-    lead = (
-        f"Conjecture tested: does {METRICS.get(first.metric, first.metric)} ({first.source} "
-        f"distances) track the score? Measured on {fmt.count(first.n_models)} models with "
-        f"{level} bootstrap intervals; a positive estimate means more H1 per activated "
-        f"parameter goes with a better score (here {direction} is better)."
-    )
-    out = [note] if note else []
+    primary = rows[rows.primary] if "primary" in rows else rows.iloc[:0]
+    first = primary.iloc[0] if len(primary) else rows.iloc[0]
+    others = rows.drop(primary.index)
+    model_rows = others[others.level == "model"]
+    layer_rows = others[others.level == "layer"]
     table = data.conjecture
     alpha = 1.0 - confidence_level(params)
     tallies = (
         f"All metrics and sources, model level: {tally(table[table.level == 'model'], alpha)}; "
         f"layer level: {tally(table[table.level == 'layer'], alpha)}."
     )
+    metric = METRICS.get(first.metric, first.metric)
+    out = [note] if note else []
     if (rows.n_nonzero == 0).all():
-        metric = METRICS.get(first.metric, first.metric)
         out.append(
             f"Not measurable here: does {metric} ({first.source} distances) track the score? "
             f"None of the {fmt.count(first.n_models)} scored models has a nonzero value; "
@@ -333,10 +355,20 @@ def conjecture_verdict(data: ReportData) -> list[str]:
             "null model), so there is nothing to correlate."
         )
         return [*out, tallies]
+    level = f"{100 * confidence_level(params):g}%"
+    direction = "higher" if params.get("higher_is_better", True) else "lower"
+    size = ", controlling for size" if first.statistic.startswith("partial_") else ""
+    unit = "models" if first.level == "model" else "MoE layers, resampling whole models"
+    declared = "Primary test, declared before the run" if len(primary) else "Test"
     out.append(
-        lead
-        + " In short, with verdicts adjusted for the number of tests: "
-        + in_short(model_rows, layer_rows)
+        f"{declared}: does {metric} ({first.source} distances) track the score{size}? "
+        f"Measured across {fmt.count(first.n_models)} {unit} with {level} bootstrap "
+        f"intervals; a positive estimate means more H1 per activated parameter goes with a "
+        f"better score (here {direction} is better). {statistic_sentence(first)}"
+    )
+    out.append(
+        "The other statistics of this metric and source, with verdicts adjusted for the "
+        "number of tests: " + in_short(model_rows, layer_rows)
     )
     if not model_rows.empty:
         out.append(
@@ -405,7 +437,7 @@ def conjecture_caveats(data: ReportData) -> list[str]:
         caveats.append(sparse)
     if tuned:
         caveats.append(
-            f"Fine-tunes ({fmt.listing(tuned)}) share their base's weights, so they are not "
-            "independent of their base models."
+            f"Fine-tunes ({fmt.listing(tuned)}) share their base's weights, so each enters "
+            "with its base as one model: the mean of their metrics and scores."
         )
     return caveats

@@ -80,8 +80,13 @@ def redundancy_table(model: ModelData, spec: str) -> Table:
     )
 
 
+def scale_text(model: ModelData) -> str:
+    scale = figures.cover_scale(model)
+    return "no complexes" if scale is None else f"the {scale:g} distance quantile"
+
+
 def sheaf_table(model: ModelData) -> Table:
-    table = model["sheaf"]
+    table = figures.at_cover_scale(model, model["sheaf"])
     sources = figures.ordered_sources(table.source.unique())
     cells = {(r.layer, r.source): f"{r.h0} / {r.h1}" for r in table.itertuples()}
     layers = sorted(table.layer.unique())
@@ -90,7 +95,7 @@ def sheaf_table(model: ModelData) -> Table:
         ["layer", *sources],
         rows,
         anchor=anchor("sheaf", model.name),
-        caption="Sheaf cohomology h0 / h1 at each layer's scale epsilon",
+        caption=f"Sheaf cohomology h0 / h1 at {scale_text(model)}",
     )
 
 
@@ -205,13 +210,25 @@ def model_section(model: ModelData, data: ReportData) -> Details:
             "hollow ones are not; ∞ marks essential classes.",
         ),
         Figure(
+            f"figures/scales/{name}.png",
+            figures.scales(model),
+            "β1 (independent harmonic flows) of each layer's complex at every scale: a "
+            "conclusion holds where it holds across scales. Hollow points: complexes with "
+            "fewer than 4 edges, which cannot hold a cycle (β1 = 0 there says nothing).",
+        ),
+        Figure(
             f"figures/hodge/{name}.png",
             figures.hodge(model),
             "Share of the edge signal's energy in its gradient, curl and harmonic parts, per "
-            "layer and complex; β1 is the number of independent harmonic flows.",
+            f"layer and complex at HodgeCover's scale ({scale_text(model)}), averaged over "
+            "every orientation of the edges; β1 is the number of independent harmonic flows.",
         ),
         harmonic_table(model),
-        Figure(f"figures/sheaf/{name}.png", figures.sheaf(model), "Sheaf h0 and h1 per layer."),
+        Figure(
+            f"figures/sheaf/{name}.png",
+            figures.sheaf(model),
+            f"Sheaf h0 and h1 per layer at HodgeCover's scale ({scale_text(model)}).",
+        ),
         sheaf_table(model),
         Heading(4, "Which experts to keep"),
         *hodgecover_tables(model),

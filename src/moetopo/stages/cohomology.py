@@ -137,7 +137,8 @@ def topology_tables(
         critical.append(pd.DataFrame(scale.critical).assign(**key))
         if scale.sheaf is not None:
             sheaf.append(key | scale.sheaf)
-    cover = [rows.assign(barrier_inputs=barrier_inputs) for rows in _cover_rows(layer, result)]
+    scale = {"quantile": result.cover_quantile, "barrier_inputs": barrier_inputs}
+    cover = [rows.assign(**scale) for rows in _cover_rows(layer, result)]
     return {
         "persistence": _frame(persistence, "persistence", ["source", "dim"]),
         "sheaf": pd.DataFrame(sheaf, columns=columns("sheaf")),

@@ -82,8 +82,14 @@ def conjecture_rows(
     seed: int,
     min_models: int,
     sources: list[str] | None = None,
+    primary: dict | None = None,
+    clusters: dict[str, str] | None = None,
 ) -> pd.DataFrame:
-    """Model-level and layer-level correlation tests, one row per metric, source, statistic."""
+    """Model-level and layer-level correlation tests, one row per metric, source, statistic;
+    ``primary`` (metric, source, statistic, level) marks the test declared before the run,
+    whose verdict the report's lead gives alone. ``clusters`` maps each fine-tune to its
+    base: a base and its fine-tunes are one model of evidence, the mean of their metrics
+    and scores (their layers keep their own metrics, with the cluster's mean score)."""
     if sources:
         models = models[models.source.isin(sources)]
         layers = layers[layers.source.isin(sources)]
@@ -96,12 +102,20 @@ def conjecture_rows(
     )
     wide = _wide(models, ["model"], "h1_per_active_param", ["score", "total_params"])
     metrics = [c for c in wide.columns if ":" in c]
-    model_level = conjecture_table(wide, metrics, **options)
+    unit = wide.model.map(lambda m: (clusters or {}).get(m, m))
+    per_unit = wide.drop(columns="model").groupby(unit.to_numpy(), sort=True).mean()
+    model_level = conjecture_table(per_unit.reset_index(names="model"), metrics, **options)
     layer_wide = _wide(layers, ["model", "layer"], "per_active_param", ["score"])
+    layer_wide["model"] = layer_wide.model.map(lambda m: (clusters or {}).get(m, m))
+    layer_wide["score"] = layer_wide.model.map(per_unit.score)
     layer_level = layer_conjecture_table(layer_wide, metrics, **options)
     table = pd.concat([model_level, layer_level], ignore_index=True)
     table[["metric", "source"]] = table.metric.str.split(":", expand=True)
     table["n_layers"] = table["n_layers"].fillna(0).astype("int64")
+    table["primary"] = False
+    if primary:
+        chosen = (table[list(primary)] == pd.Series(primary)).all(axis=1)
+        table["primary"] = chosen
     return adjusted_verdicts(with_adjusted_p(table), confidence_level)
 
 

@@ -9,6 +9,7 @@ layers and jackknife samples alike, and the original data is the all-ones case.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,6 +112,8 @@ class Interval:
     high: float
     method: str
     note: str
+    undefined: int = 0  # resamples whose statistic did not exist
+    drawn: int = 0  # resamples drawn
 
 
 def bootstrap_interval(
@@ -126,8 +129,9 @@ def bootstrap_interval(
     ``point_unit[i]`` is the unit (model) of point i; a resample draws units with
     replacement and passes per-point counts to ``statistic``. Resamples whose
     statistic is undefined (e.g. constant x) are dropped, so the interval is
-    conditional on the statistic existing; with more than half dropped there is
-    no interval. BCa needs a finite bias correction and a finite jackknife
+    conditional on the statistic existing; it counts them (``undefined``) so that a
+    verdict can refuse an interval with more unknown than its tail. With more than
+    half dropped there is no interval. BCa needs a finite bias correction and a finite jackknife
     acceleration; where either fails (all resamples equal, a leave-one-out
     sample with no variance) the percentile interval is used and the method
     says so.
@@ -153,8 +157,10 @@ def bootstrap_interval(
     kept = values[np.isfinite(values)]
     dropped = values.size - kept.size
     note = f"; {dropped} of {values.size} resamples undefined and dropped" if dropped else ""
+    counted = dict(undefined=int(dropped), drawn=int(values.size))
     if kept.size < values.size / 2:
-        return Interval(np.nan, np.nan, "none", f"{dropped} of {values.size} resamples undefined")
+        note = f"{dropped} of {values.size} resamples undefined"
+        return Interval(np.nan, np.nan, "none", note, **counted)
 
     reuse = dict(n_resamples=0, bootstrap_result=SimpleNamespace(bootstrap_distribution=kept))
     estimate = on_units(data[0])
@@ -169,10 +175,18 @@ def bootstrap_interval(
         low, high = bca.confidence_interval
         failed = any(issubclass(c.category, RuntimeWarning) for c in caught)
         if np.isfinite(low) and np.isfinite(high) and not failed:
-            return Interval(float(low), float(high), "BCa", note)
+            return Interval(float(low), float(high), "BCa", note, **counted)
     pct = stats.bootstrap(data, on_units, method="percentile", **reuse, **options)
     low, high = pct.confidence_interval
-    return Interval(float(low), float(high), "percentile", note)
+    return Interval(float(low), float(high), "percentile", note, **counted)
+
+
+def monte_carlo_error(p_value: float, n_permuted: int, n_resamples: int) -> float:
+    """Standard error of a permutation p-value from ``n_resamples`` random permutations
+    (0 when the test enumerates all n! orders, as :func:`permutation_pvalue` does then)."""
+    if not np.isfinite(p_value) or math.factorial(n_permuted) <= n_resamples:
+        return 0.0 if np.isfinite(p_value) else np.nan
+    return float(np.sqrt(p_value * (1.0 - p_value) / n_resamples))
 
 
 def permutation_pvalue(

@@ -20,6 +20,7 @@ from moetopo.stats._resampling import (
     explained,
     is_constant,
     midranks,
+    monte_carlo_error,
     partial_pearson,
     pearson,
     permutation_pvalue,
@@ -51,6 +52,7 @@ class CorrelationResult:
     ci_method: str
     verdict: Verdict
     reason: str
+    p_mc_error: float = float("nan")  # Monte Carlo standard error of p_value
 
 
 def correlation_test(
@@ -105,7 +107,10 @@ def correlation_test(
         rng=rng_perm,
     )
     estimate = float(on_weights(ones))
-    return _conclude(statistic, estimate, interval, p_value, n, n, confidence_level, left_out)
+    error = monte_carlo_error(p_value, n, n_resamples)
+    return _conclude(
+        statistic, estimate, interval, (p_value, error), n, n, confidence_level, left_out
+    )
 
 
 def partial_correlation_test(
@@ -173,7 +178,8 @@ def partial_correlation_test(
         rng=rng_perm,
     )
     estimate = float(on_weights(ones))
-    return _conclude(label, estimate, interval, p_value, n, n, confidence_level, left_out)
+    error = monte_carlo_error(p_value, n, n_resamples)
+    return _conclude(label, estimate, interval, (p_value, error), n, n, confidence_level, left_out)
 
 
 def clustered_correlation_test(
@@ -245,7 +251,9 @@ def clustered_correlation_test(
         on_unit_scores, unit_y, n_points=n, n_resamples=n_resamples, rng=rng_perm
     )
     estimate = float(on_weights(ones))
-    return _conclude(statistic, estimate, interval, p_value, n, n_units, confidence_level, left_out)
+    error = monte_carlo_error(p_value, n_units, n_resamples)
+    test = (p_value, error)
+    return _conclude(statistic, estimate, interval, test, n, n_units, confidence_level, left_out)
 
 
 def _correlation(x: np.ndarray, y: np.ndarray, w: np.ndarray, spearman: bool) -> np.ndarray:
@@ -301,7 +309,7 @@ def _conclude(
     statistic: str,
     estimate: float,
     interval: Interval,
-    p_value: float,
+    test: tuple[float, float],
     n: int,
     n_groups: int,
     confidence_level: float,
@@ -309,26 +317,45 @@ def _conclude(
 ) -> CorrelationResult:
     """Apply the verdict rule: the interval excludes 0 and the permutation test agrees.
 
-    At a handful of models (or heavy ties) a bootstrap interval can exclude 0
-    while the exact permutation test finds nothing; the interval is then not
-    trusted and the answer is inconclusive.
+    ``test`` is the permutation p-value and its Monte Carlo error. At a handful of
+    models (or heavy ties) a bootstrap interval can exclude 0 while the exact
+    permutation test finds nothing; the interval is then not trusted. Nor is one whose
+    undefined resamples (dropped, so the interval is conditional on the statistic
+    existing) outnumber its tail, since they could lie on either side of 0; nor a p
+    within three Monte Carlo errors of the level, which another seed could move across
+    it. Each of these answers inconclusive, saying why.
     """
+    p_value, error = test
     alpha = 1.0 - confidence_level
     level = f"{100 * confidence_level:g}%"
     span = f"{level} {interval.method} interval [{interval.low:.3g}, {interval.high:.3g}]"
-    test = f"permutation p = {p_value:.3g}"
+    shown = f"permutation p = {p_value:.3g}" + (f" ± {error:.2g}" if error > 0 else "")
+    excludes = interval.low > 0 or interval.high < 0
+    unknown = interval.undefined > alpha / 2 * interval.drawn
     verdict: Verdict = "inconclusive"
     if interval.method == "none":
-        reason = f"no bootstrap interval: {interval.note}; {test}"
-    elif (interval.low > 0 or interval.high < 0) and p_value > alpha:
-        reason = f"{span} excludes 0 but {test} > {alpha:g}: too little evidence to trust it"
+        reason = f"no bootstrap interval: {interval.note}; {shown}"
+    elif excludes and p_value > alpha:
+        reason = f"{span} excludes 0 but {shown} > {alpha:g}: too little evidence to trust it"
+    elif excludes and unknown:
+        reason = (
+            f"{span} excludes 0, but {interval.undefined} of {interval.drawn} resamples were "
+            f"undefined, more than its {alpha / 2:g} tail: it is conditional on the statistic "
+            f"existing; {shown}"
+        )
+    elif excludes and p_value + 3 * error > alpha:
+        reason = (
+            f"{span} excludes 0, but {shown} is within 3 Monte Carlo errors of {alpha:g}: "
+            "too close to call with these resamples"
+        )
     elif interval.low > 0:
-        verdict, reason = "supported", f"{span} lies entirely above 0; {test}"
+        verdict, reason = "supported", f"{span} lies entirely above 0; {shown}"
     elif interval.high < 0:
-        verdict, reason = "contradicted", f"{span} lies entirely below 0; {test}"
+        verdict, reason = "contradicted", f"{span} lies entirely below 0; {shown}"
     else:
-        reason = f"{span} contains 0; {test}"
-    note = interval.note if interval.method != "none" else ""
+        reason = f"{span} contains 0; {shown}"
+    said = "resamples were undefined" in reason  # the note would repeat it
+    note = interval.note if interval.method != "none" and not said else ""
     return CorrelationResult(
         statistic,
         estimate,
@@ -340,4 +367,5 @@ def _conclude(
         interval.method,
         verdict,
         reason + note + left_out,
+        error,
     )

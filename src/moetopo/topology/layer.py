@@ -51,7 +51,8 @@ class TopologyParams:
     significance_level: float = 0.01  # chance that a shapeless layer shows any significant bar
     null_draws: int = 99  # null layers per (layer, source); the level needs >= 1/level - 1
     seed: int = 0  # of the null draws
-    epsilon_quantiles: tuple[float, ...] = (0.3,)  # scales of the complexes
+    epsilon_quantiles: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)  # scales of the complexes
+    cover_quantile: float = 0.3  # the scale HodgeCover selects on (one of epsilon_quantiles)
     stalk_dim: int = 2
     rtol: float = 1e-8  # sheaf rank tolerance
     n_eigenvalues: int = 6
@@ -66,6 +67,11 @@ class TopologyParams:
             raise ValueError(f"maxdim must be 0, 1 or 2, got {self.maxdim}")
         if not all(0 <= q <= 1 for q in self.epsilon_quantiles):
             raise ValueError(f"epsilon quantiles must lie in [0, 1]: {self.epsilon_quantiles}")
+        if self.epsilon_quantiles and self.cover_quantile not in self.epsilon_quantiles:
+            raise ValueError(
+                f"cover_quantile {self.cover_quantile} must be one of the epsilon quantiles "
+                f"{list(self.epsilon_quantiles)}"
+            )
         if not all(0 < f <= 1 for f in self.keep_fractions):
             raise ValueError(f"keep fractions must lie in (0, 1]: {self.keep_fractions}")
         if min(self.stalk_dim, self.n_eigenvalues, self.max_triangles) < 1:
@@ -109,6 +115,7 @@ class LayerTopology:
     scales: list[ScaleTopology]
     rankings: dict[str, np.ndarray]  # method -> experts, the first kept first
     budgets: list[int]  # numbers of experts kept, from params.keep_fractions
+    cover_quantile: float  # the scale whose complex the rankings were chosen on
     summary: dict[str, float | int] = field(default_factory=dict)
 
 
@@ -135,7 +142,7 @@ def layer_topology(
       in expectation over all orientations of the edges.
     - sheaf: same complexes, when ``frames`` ([n, in_dim, >= stalk_dim]) are given; edge
       weights are the symmetric ``coactivation`` rates (1 when None).
-    - rankings: HodgeCover on the signal source's complex at the first scale, with triplet
+    - rankings: HodgeCover on the signal source's complex at ``cover_quantile``, with triplet
       barriers from ``merge_barrier`` (none when None); the load and group baselines need
       ``load``.
       ``groups`` defaults to single-linkage groups of the signal source at its H0 null
@@ -180,13 +187,15 @@ def layer_topology(
             if sheaf is not None:
                 summary[f"{name}.sheaf_h0@{q}"] = sheaf["h0"]
                 summary[f"{name}.sheaf_h1@{q}"] = sheaf["h1"]
-            if name == signal_name and q == params.epsilon_quantiles[0]:
+            if name == signal_name and q == params.cover_quantile:
                 if groups is None:
                     close = sparse.csr_matrix(np.triu(signal <= nulls[name].thresholds[0], k=1))
                     groups = connected_components(close, directed=False)[1]
                 rankings = _rankings(cx, harmonic, signal, load, merge_barrier, groups, params)
     budgets = sorted({min(n, max(1, round(f * n))) for f in params.keep_fractions})
-    return LayerTopology(signal_name, diagrams, nulls, scales, rankings, budgets, summary)
+    return LayerTopology(
+        signal_name, diagrams, nulls, scales, rankings, budgets, params.cover_quantile, summary
+    )
 
 
 def _persistence(
