@@ -155,6 +155,9 @@ def model_tables_for(k: int, rng: np.random.Generator) -> tuple[dict, pd.DataFra
                     "eigenvalues": [0.0, 0.1],
                     "rtol": 1e-8,
                     "n_edges": 5,
+                    "normalised_eigenvalues": [0.0, 0.05],
+                    "spectral_gap": 0.05,
+                    "weighting": "coactivation",
                 }
             )
             betti = int(layer == 2 and k % 2 == 0)

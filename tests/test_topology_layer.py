@@ -230,3 +230,18 @@ def test_bad_inputs_are_refused():
 def test_bad_parameters_are_refused(bad):
     with pytest.raises(ValueError):
         TopologyParams(**bad)
+
+
+def test_a_top1_layer_without_coactivation_gets_an_unweighted_sheaf_and_says_so():
+    sources, _, load, frames = random_layer(8, 4)
+    silent = np.zeros((8, 8))  # top-1 routing: no two experts are ever chosen together
+    out = layer_tables(0, sources, coactivation=silent, load=load, frames=frames)
+    assert (out.sheaf["n_edges"] > 0).all()
+    assert set(out.sheaf["weighting"]) == {"unweighted (no coactivation on any edge)"}
+    weighted = layer_tables(0, sources, coactivation=silent + 0.1 - 0.1 * np.eye(8), frames=frames)
+    assert set(weighted.sheaf["weighting"]) == {"coactivation"}
+    for row in out.sheaf.itertuples():
+        gap = (
+            row.normalised_eigenvalues[row.h0] if row.h0 < len(row.normalised_eigenvalues) else None
+        )
+        assert gap is None or row.spectral_gap == pytest.approx(gap)

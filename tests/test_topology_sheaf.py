@@ -175,3 +175,30 @@ def test_non_orthonormal_frames_and_maps_are_refused():
         procrustes_maps(np.ones((2, 4, 2)), np.array([[0, 1]]))
     with pytest.raises(ValueError):
         sheaf_from_maps(2, np.array([[0, 1]]), 2 * np.eye(2)[None])
+
+
+def test_normalised_spectrum_known_answers_and_gap():
+    # constant sheaf (identity maps) on a 4-cycle: the normalised Laplacian is the cycle's
+    # normalised graph Laplacian (eigenvalues 0, 1, 1, 2) repeated d times
+    d, n = 2, 4
+    edges = np.array([[0, 1], [1, 2], [2, 3], [0, 3]])
+    sh = sheaf_from_maps(n, edges, np.tile(np.eye(d), (4, 1, 1)), n_eigenvalues=8)
+    np.testing.assert_allclose(sh.normalised, [0, 0, 1, 1, 1, 1, 2, 2], atol=1e-12)
+    assert sh.h0 == 2 and sh.spectral_gap == pytest.approx(1.0)
+
+
+def test_normalised_spectrum_moves_continuously_with_the_maps():
+    # a twist by angle t round a 4-cycle: the gap opens continuously from 0 as t grows
+    edges = np.array([[0, 1], [1, 2], [2, 3], [0, 3]])
+
+    def spectrum(t):
+        maps = np.tile(np.eye(2), (4, 1, 1))
+        maps[3] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+        return sheaf_from_maps(4, edges, maps, n_eigenvalues=8).normalised
+
+    previous = spectrum(0.0)
+    for t in np.linspace(0.01, 1.0, 25):
+        current = spectrum(t)
+        assert np.abs(current - previous).max() < 0.05  # a small step moves it a little
+        previous = current
+    assert spectrum(1.0)[0] > 1e-3  # twisted: no global section, the bottom lifted off 0

@@ -163,6 +163,9 @@ SCHEMAS: dict[str, list[tuple[str, pa.DataType]]] = {
         ("eigenvalues", pa.list_(F64)),
         ("rtol", F64),
         ("n_edges", I64),
+        ("normalised_eigenvalues", pa.list_(F64)),
+        ("spectral_gap", F64),
+        ("weighting", STR),
     ],
     "hodge": [
         ("layer", I64),

@@ -290,17 +290,17 @@ def hodge(model: ModelData) -> bytes:
 
 
 def sheaf(model: ModelData) -> bytes:
-    """Sheaf cohomology h0 and h1 per layer, one line per source, at HodgeCover's scale."""
+    """Sheaf h0, h1 and spectral gap per layer, one line per source, at HodgeCover's scale."""
     table = at_cover_scale(model, model["sheaf"])
     if table.empty:
         return empty("no sheaf cohomology")
-    fig, axes = panels(2, size=(4.2, 2.6))
-    for ax, column in zip(axes, ("h0", "h1"), strict=True):
+    fig, axes = panels(3, size=(3.4, 2.6))
+    for ax, column in zip(axes, ("h0", "h1", "spectral_gap"), strict=True):
         for source in ordered_sources(table.source.unique()):
             rows = table[table.source == source].sort_values("layer")
             ax.plot(rows.layer, rows[column], "o-", ms=3, color=source_colour(source), label=source)
-        ax.set_title(column, fontsize=9)
+        ax.set_title(column.replace("_", " "), fontsize=9)
         ax.set_xlabel("layer", fontsize=8)
         ax.set_xticks(sorted(table.layer.unique()))
-    axes[1].legend(fontsize=6, loc="best")
+    axes[2].legend(fontsize=6, loc="best")
     return png(fig)

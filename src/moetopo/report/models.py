@@ -88,14 +88,23 @@ def scale_text(model: ModelData) -> str:
 def sheaf_table(model: ModelData) -> Table:
     table = figures.at_cover_scale(model, model["sheaf"])
     sources = figures.ordered_sources(table.source.unique())
-    cells = {(r.layer, r.source): f"{r.h0} / {r.h1}" for r in table.itertuples()}
+    cells = {
+        (r.layer, r.source): f"{r.h0} / {r.h1}, gap {fmt.sig(r.spectral_gap)}"
+        for r in table.itertuples()
+    }
     layers = sorted(table.layer.unique())
     rows = [[str(la)] + [cells.get((la, s), fmt.MISSING) for s in sources] for la in layers]
     return Table(
         ["layer", *sources],
         rows,
         anchor=anchor("sheaf", model.name),
-        caption=f"Sheaf cohomology h0 / h1 at {scale_text(model)}",
+        caption=(
+            f"Sheaf cohomology h0 / h1 and the normalised Laplacian's spectral gap at "
+            f"{scale_text(model)}; edges weighted by "
+            f"{', '.join(sorted(set(table.weighting))) if len(table) else 'coactivation'}. "
+            "h0 only counts components and cycles; the gap says how far from flat the "
+            "experts' input subspaces are round them"
+        ),
     )
 
 
@@ -227,7 +236,7 @@ def model_section(model: ModelData, data: ReportData) -> Details:
         Figure(
             f"figures/sheaf/{name}.png",
             figures.sheaf(model),
-            f"Sheaf h0 and h1 per layer at HodgeCover's scale ({scale_text(model)}).",
+            f"Sheaf h0, h1 and spectral gap per layer at HodgeCover's scale ({scale_text(model)}).",
         ),
         sheaf_table(model),
         Heading(4, "Which experts to keep"),

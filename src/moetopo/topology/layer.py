@@ -187,6 +187,7 @@ def layer_topology(
             if sheaf is not None:
                 summary[f"{name}.sheaf_h0@{q}"] = sheaf["h0"]
                 summary[f"{name}.sheaf_h1@{q}"] = sheaf["h1"]
+                summary[f"{name}.sheaf_gap@{q}"] = sheaf["spectral_gap"]
             if name == signal_name and q == params.cover_quantile:
                 if groups is None:
                     close = sparse.csr_matrix(np.triu(signal <= nulls[name].thresholds[0], k=1))
@@ -271,6 +272,10 @@ def _sheaf(
     if frames.ndim != 3 or frames.shape[2] < params.stalk_dim:
         raise ValueError(f"frames must be [n, in_dim, >= {params.stalk_dim}], got {frames.shape}")
     weights = None if rate is None else rate[cx.edges[:, 0], cx.edges[:, 1]]
+    weighting = "unweighted" if rate is None else "coactivation"
+    if weights is not None and cx.n_edges and not np.any(weights > 0):
+        # top-1 routing never chooses two experts together: every edge would be dropped
+        weights, weighting = None, "unweighted (no coactivation on any edge)"
     sh = sheaf_cohomology(
         cx,
         frames[:, :, : params.stalk_dim],
@@ -285,6 +290,9 @@ def _sheaf(
         "eigenvalues": sh.eigenvalues.tolist(),
         "rtol": sh.rtol,
         "n_edges": sh.n_edges,
+        "normalised_eigenvalues": sh.normalised.tolist(),
+        "spectral_gap": sh.spectral_gap,
+        "weighting": weighting,
     }
 
 

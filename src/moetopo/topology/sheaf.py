@@ -11,11 +11,21 @@ same kernel and Laplacian spectrum.
 This is a graph sheaf: h0 = dim ker delta, h1 = dim coker delta. Procrustes maps are not
 flat around triangles, so delta would not square to zero against 2-cells; they are left out.
 Edges with w_e = 0 are removed (they would add zero rows), so zero weights disconnect.
+
+What h0 measures: a global section gives every expert a d-vector that each restriction
+carries to its neighbour's. On a tree any root vector extends, so an acyclic component
+gives d; each cycle keeps only the directions its holonomy (the product of the maps round
+it) fixes. Ranks therefore count components and cycles plus one bit per cycle (whether
+its holonomy fixes a direction): almost no information about the experts. The spectrum
+does carry it: the smallest eigenvalues of the normalised Laplacian D^-1/2 L D^-1/2 (D the
+block degrees; with orthogonal maps they lie in [0, 2]) measure how far from flat the
+subspaces are round the cycles, and move continuously with the frames. The spectral gap
+is the smallest of them above the kernel.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import linalg, sparse
@@ -71,6 +81,8 @@ class SheafCohomology:
     h1: int
     eigenvalues: np.ndarray
     rtol: float
+    normalised: np.ndarray = field(default_factory=lambda: np.zeros(0))  # of D^-1/2 L D^-1/2
+    spectral_gap: float = float("nan")  # smallest normalised eigenvalue above the kernel
 
 
 def sheaf_from_maps(
@@ -109,7 +121,21 @@ def sheaf_from_maps(
     laplacian = (delta.T @ delta).toarray()
     k = min(n_eigenvalues, n * d)
     eig = linalg.eigh(laplacian, eigvals_only=True, subset_by_index=[0, k - 1]) if k else []
-    return SheafCohomology(d, len(edges), h0, len(edges) * d - n * d + h0, np.asarray(eig), rtol)
+    # degree of each vertex (its stalk's diagonal block is degree x I for orthogonal maps);
+    # an isolated vertex keeps its zero block (its d directions are all sections)
+    degree = np.bincount(edges.ravel(), np.repeat(w, 2), minlength=n)
+    scale = np.repeat(np.where(degree > 0, 1.0 / np.sqrt(np.where(degree > 0, degree, 1)), 0), d)
+    normalised_laplacian = scale[:, None] * laplacian * scale[None, :]
+    wanted = min(n * d, h0 + n_eigenvalues)
+    normalised = (
+        linalg.eigh(normalised_laplacian, eigvals_only=True, subset_by_index=[0, wanted - 1])
+        if wanted
+        else np.zeros(0)
+    )
+    normalised = np.clip(normalised, 0.0, 2.0)
+    gap = float(normalised[h0]) if h0 < normalised.size else float("nan")
+    h1 = len(edges) * d - n * d + h0
+    return SheafCohomology(d, len(edges), h0, h1, np.asarray(eig), rtol, normalised[:k], gap)
 
 
 def sheaf_cohomology(
