@@ -562,7 +562,7 @@ def test_the_verdict_in_words_is_the_artefacts(report):
     assert f"Measured across {rows.n_models.iloc[0]} models" in verdict
     # the lead asks the declared primary question and answers it from its row alone
     lead = verdict.split("**", 2)[1]
-    assert lead.startswith("Primary test, declared before the run: does significant H1 bars")
+    assert lead.startswith("Primary test, declared before the run: does the number of significant")
     assert "track the score, controlling for size?" in lead
     primary = rows[rows.primary].iloc[0]
     assert primary.statistic == "partial_spearman"
@@ -597,6 +597,8 @@ def test_a_study_without_any_nonzero_metric_says_not_measurable():
             "metric": "h1_count",
             "score": np.linspace(1.5, 2.5, 6),
             "h1_per_active_param": 0.0,
+            "h1_total": 0.0,
+            "activated_params": np.geomspace(1e5, 1e8, 6),
             "total_params": np.geomspace(1e6, 1e9, 6),
         }
     )
@@ -609,15 +611,16 @@ def test_a_study_without_any_nonzero_metric_says_not_measurable():
     )  # fmt: skip
     assert (table.n_nonzero == 0).all() and (table.verdict == "inconclusive").all()
     assert table.reason.str.startswith("no scored model has a nonzero").all()
+    assert "regression" in set(table.statistic)
     data = SimpleNamespace(
         conjecture=table,
         settings={},
         conjecture_params={"confidence_level": 0.95, "higher_is_better": False},
     )
     lead, tallies = conjecture_verdict(data)
-    assert lead.startswith("Not measurable here: does significant H1 bars per activated")
-    assert "None of the 6 scored models has a nonzero value" in lead
-    assert tallies.startswith("All metrics and sources, model level: 4 tests: 0 supported")
+    assert lead.startswith("Not measurable here: does the number of significant H1 bars per")
+    assert "None of the 6 scored models (a fine-tune counted with its base) has a nonzero" in lead
+    assert tallies.startswith("All metrics and sources, model level: 5 tests: 0 supported")
 
 
 def test_markdown_twin_has_the_sections_and_links_its_figures(report):
@@ -768,6 +771,8 @@ def test_a_fine_tune_and_its_base_are_one_model_of_evidence():
             "metric": "h1_count",
             "score": 2.0 - h1 + 0.01 * rng.normal(size=len(names)),
             "h1_per_active_param": h1,
+            "h1_total": h1 * 1e6,
+            "activated_params": 1e6,
             "total_params": 1e6,
         }
     )

@@ -525,3 +525,47 @@ def test_verdicts_of_a_planted_effect_do_not_move_with_the_seed():
     verdicts = {correlation_test(x, y, seed=s).verdict for s in range(5)}
     weak = {correlation_test(x, rng.normal(size=20), seed=s).verdict for s in range(5)}
     assert verdicts == {"supported"} and weak == {"inconclusive"}
+
+
+def test_regression_estimate_is_the_least_squares_coefficient_of_h1():
+    from moetopo.stats.regression import regression_test
+
+    rng = np.random.default_rng(40)
+    h1, size, family = rng.poisson(5, 12) * 1.0, rng.uniform(6, 9, 12), rng.normal(size=12)
+    score = 0.2 * h1 - 0.3 * size + 0.1 * rng.normal(size=12)
+    result = regression_test(h1, score, np.column_stack([size, family]), n_resamples=199)
+    design = np.column_stack([np.ones(12), h1, size, family])
+    assert result.estimate == pytest.approx(np.linalg.lstsq(design, score, rcond=None)[0][1])
+    loss = regression_test(h1, -score, np.column_stack([size, family]), n_resamples=199,
+                           higher_is_better=False)  # fmt: skip
+    assert loss.estimate == pytest.approx(result.estimate)  # a loss flips the sign back
+
+
+def test_regression_interval_covers_a_planted_slope_near_its_level():
+    from moetopo.stats.regression import regression_test
+
+    rng = np.random.default_rng(41)
+    covered = 0
+    for seed in range(200):
+        size = rng.uniform(6, 10, 30)
+        h1 = rng.poisson(5, 30) + 0.5 * size
+        score = 0.3 * h1 - 0.5 * size + rng.normal(size=30)
+        result = regression_test(h1, score, size[:, None], n_resamples=999, seed=seed)
+        covered += result.ci_low <= 0.3 <= result.ci_high
+    assert 0.88 <= covered / 200 <= 0.99
+
+
+def test_the_ratio_tracks_size_where_the_regression_finds_no_h1_effect():
+    # H1 is noise; the loss falls with activated parameters. H1 / activated then tracks
+    # the score through its denominator (here against the conjecture: small models have
+    # the large ratios and the large losses), and only the regression says no.
+    from moetopo.stats.regression import regression_test
+
+    rng = np.random.default_rng(42)
+    active = 10 ** rng.uniform(5, 9, 30)
+    h1 = rng.poisson(20, 30).astype(float)
+    loss = 3.0 - 0.3 * np.log10(active) + 0.05 * rng.normal(size=30)
+    ratio = correlation_test(h1 / active, loss, higher_is_better=False, statistic="spearman")
+    assert ratio.verdict == "contradicted"  # decided by the denominator alone
+    regression = regression_test(h1, loss, np.log10(active)[:, None], higher_is_better=False)
+    assert regression.verdict == "inconclusive" and regression.ci_low < 0 < regression.ci_high

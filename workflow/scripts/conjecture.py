@@ -38,6 +38,7 @@ def main(snakemake):
         "sources": list(p.sources),
         "primary": primary,
         "clusters": dict(p.clusters),
+        "covariates": list(p.covariates),
         "scores": dict(zip(names, p.scores, strict=True)),
     }
     table = conjecture_rows(
@@ -51,6 +52,7 @@ def main(snakemake):
         sources=list(p.sources) or None,
         primary=primary,
         clusters=dict(p.clusters),
+        covariates=list(p.covariates),
     )
     write_table(
         models,

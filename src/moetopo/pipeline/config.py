@@ -35,8 +35,9 @@ def check_config(config: dict) -> None:
             f"config: conjecture.primary_source {conjecture['primary_source']} is not among "
             f"conjecture.sources ({', '.join(tested)}), so the primary test would not run"
         )
-    if conjecture["primary_level"] == "layer" and conjecture["primary_statistic"].startswith(
-        "partial_"
+    statistic = conjecture["primary_statistic"]
+    if conjecture["primary_level"] == "layer" and (
+        statistic.startswith("partial_") or statistic == "regression"
     ):
         raise MoetopoError(
             f"config: conjecture.primary_statistic {conjecture['primary_statistic']} has no "

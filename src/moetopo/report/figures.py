@@ -254,6 +254,7 @@ def scales(model: ModelData) -> bytes:
         ax.set_title(f"{source} complex", fontsize=9)
         ax.set_xlabel("scale (distance quantile)", fontsize=8)
         ax.set_ylabel("β1", fontsize=8)
+        ax.set_ylim(-0.3, max(1, int(rows.betti1.max())) + 0.3)
         ax.yaxis.get_major_locator().set_params(integer=True)
     legend(fig, axes[0])
     return png(fig)

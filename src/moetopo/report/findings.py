@@ -19,10 +19,11 @@ STATISTICS = {
     "spearman": "Spearman ρ",
     "partial_pearson": "Pearson r controlling for size",
     "partial_spearman": "Spearman ρ controlling for size",
+    "regression": "H1's coefficient (score on H1 and log10 activated parameters)",
 }
 METRICS = {
-    "h1_count_per_active_param": "significant H1 bars per activated parameter",
-    "h1_persistence_per_active_param": "significant H1 persistence per activated parameter",
+    "h1_count_per_active_param": "the number of significant H1 bars per activated parameter",
+    "h1_persistence_per_active_param": "the significant H1 persistence per activated parameter",
 }
 MAX_LISTED = 12
 
@@ -346,11 +347,14 @@ def conjecture_verdict(data: ReportData) -> list[str]:
         f"layer level: {tally(table[table.level == 'layer'], alpha)}."
     )
     metric = METRICS.get(first.metric, first.metric)
+    if first.statistic == "regression":  # its H1 is the total; size is a covariate
+        metric = metric.removesuffix(" per activated parameter")
     out = [note] if note else []
     if (rows.n_nonzero == 0).all():
         out.append(
             f"Not measurable here: does {metric} ({first.source} distances) track the score? "
-            f"None of the {fmt.count(first.n_models)} scored models has a nonzero value; "
+            f"None of the {fmt.count(first.n_models)} scored models (a fine-tune counted with "
+            "its base) has a nonzero value; "
             "every H1 bar is within what shapeless layers of the same spread show (the "
             "null model), so there is nothing to correlate."
         )
@@ -358,6 +362,8 @@ def conjecture_verdict(data: ReportData) -> list[str]:
     level = f"{100 * confidence_level(params):g}%"
     direction = "higher" if params.get("higher_is_better", True) else "lower"
     size = ", controlling for size" if first.statistic.startswith("partial_") else ""
+    if first.statistic == "regression":
+        size = " beyond what the number of activated parameters predicts"
     unit = "models" if first.level == "model" else "MoE layers, resampling whole models"
     declared = "Primary test, declared before the run" if len(primary) else "Test"
     out.append(
@@ -421,9 +427,11 @@ def conjecture_caveats(data: ReportData) -> list[str]:
         f"{n_models} scored models (a verdict needs at least "
         f"{params.get('min_models', '?')}){few}.",
         "Size confounds H1 per activated parameter: the ratio divides by the activated "
-        "parameters, and size itself tends to track the score. The 'controlling for size' "
-        "rows are partial correlations on log10 total parameters; family, top-k and "
-        "training budget are not controlled.",
+        "parameters, and size itself tends to track the score. The regression rows "
+        "therefore fit the score on the H1 total and log10 activated parameters (and the "
+        "configured covariates) and report H1's coefficient; the 'controlling for size' "
+        "rows are partial correlations of the ratio on log10 total parameters. Training "
+        "budget is not controlled.",
         f"Many tests: at a {100 * level:g}% level about {100 * (1 - level):.3g}% of tests "
         "exclude zero by chance alone, so an isolated 'supported' among many 'inconclusive' "
         "is weak evidence. A verdict also needs the permutation test to agree with the "

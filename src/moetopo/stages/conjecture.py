@@ -17,6 +17,7 @@ from moetopo.stats import (
     adjusted_verdicts,
     conjecture_table,
     layer_conjecture_table,
+    regression_table,
     with_adjusted_p,
 )
 
@@ -84,12 +85,15 @@ def conjecture_rows(
     sources: list[str] | None = None,
     primary: dict | None = None,
     clusters: dict[str, str] | None = None,
+    covariates: list[str] | None = None,
 ) -> pd.DataFrame:
     """Model-level and layer-level correlation tests, one row per metric, source, statistic;
     ``primary`` (metric, source, statistic, level) marks the test declared before the run,
     whose verdict the report's lead gives alone. ``clusters`` maps each fine-tune to its
     base: a base and its fine-tunes are one model of evidence, the mean of their metrics
-    and scores (their layers keep their own metrics, with the cluster's mean score)."""
+    and scores (their layers keep their own metrics, with the cluster's mean score).
+    Beside the correlations of the ratio, the 'regression' rows regress the score on the
+    H1 total, log10 activated parameters and ``covariates`` (of top_k, n_experts, family)."""
     if sources:
         models = models[models.source.isin(sources)]
         layers = layers[layers.source.isin(sources)]
@@ -105,11 +109,21 @@ def conjecture_rows(
     unit = wide.model.map(lambda m: (clusters or {}).get(m, m))
     per_unit = wide.drop(columns="model").groupby(unit.to_numpy(), sort=True).mean()
     model_level = conjecture_table(per_unit.reset_index(names="model"), metrics, **options)
+    extra = list(covariates or [])
+    totals = _wide(models, ["model"], "h1_total", ["score", "activated_params", *extra])
+    unit = totals.model.map(lambda m: (clusters or {}).get(m, m)).to_numpy()
+    merged = totals.drop(columns="model").groupby(unit, sort=True)
+    numeric = merged.mean(numeric_only=True)
+    text = [c for c in extra if c not in numeric]
+    per_unit_totals = numeric.join(merged[text].first()) if text else numeric
+    regression = regression_table(
+        per_unit_totals.reset_index(names="model"), metrics, covariates=extra, **options
+    )
     layer_wide = _wide(layers, ["model", "layer"], "per_active_param", ["score"])
     layer_wide["model"] = layer_wide.model.map(lambda m: (clusters or {}).get(m, m))
     layer_wide["score"] = layer_wide.model.map(per_unit.score)
     layer_level = layer_conjecture_table(layer_wide, metrics, **options)
-    table = pd.concat([model_level, layer_level], ignore_index=True)
+    table = pd.concat([model_level, regression, layer_level], ignore_index=True)
     table[["metric", "source"]] = table.metric.str.split(":", expand=True)
     table["n_layers"] = table["n_layers"].fillna(0).astype("int64")
     table["primary"] = False

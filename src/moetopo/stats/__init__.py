@@ -19,6 +19,7 @@ from moetopo.stats.tables import (
     adjusted_verdicts,
     conjecture_table,
     layer_conjecture_table,
+    regression_table,
     with_adjusted_p,
 )
 
@@ -36,5 +37,6 @@ __all__ = [
     "fit_line_band",
     "layer_conjecture_table",
     "partial_correlation_test",
+    "regression_table",
     "with_adjusted_p",
 ]

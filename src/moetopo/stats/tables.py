@@ -14,6 +14,7 @@ from moetopo.stats.correlation import (
     correlation_test,
     partial_correlation_test,
 )
+from moetopo.stats.regression import covariate_matrix, regression_test
 
 _TEXT, _REAL, _COUNT = "str", "float64", "int64"
 MODEL_COLUMNS = {
@@ -84,6 +85,45 @@ def conjecture_table(
             )
             nonzero = _nonzero_models(x, score, np.arange(len(x)))
             rows += [_row("model", metric, r, nonzero) for r in (raw, partial)]
+    return _typed(rows, MODEL_COLUMNS)
+
+
+def regression_table(
+    models: pd.DataFrame,
+    metrics: Sequence[str],
+    *,
+    covariates: Sequence[str] = (),
+    score_col: str = "score",
+    active_col: str = "activated_params",
+    higher_is_better: bool = True,
+    confidence_level: float = 0.95,
+    n_resamples: int = 9999,
+    seed: int = 0,
+    min_n: int = 5,
+) -> pd.DataFrame:
+    """Model-level regression of the score on each metric's H1 (a total, not a ratio), log10
+    activated parameters and ``covariates`` (columns of ``models``): H1's coefficient."""
+    _require(models, [score_col, active_col, *metrics, *covariates], "models")
+    score = _column(models, score_col)
+    active = _column(models, active_col)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_active = np.where(active > 0, np.log10(active), np.nan)
+    design = covariate_matrix(log_active, {c: models[c].to_numpy() for c in covariates})
+    rows = []
+    for metric in metrics:
+        x = _column(models, metric)
+        result = regression_test(
+            x,
+            score,
+            design,
+            confidence_level=confidence_level,
+            n_resamples=n_resamples,
+            seed=seed,
+            min_n=min_n,
+            higher_is_better=higher_is_better,
+            names=(metric, score_col),
+        )
+        rows.append(_row("model", metric, result, _nonzero_models(x, score, np.arange(len(x)))))
     return _typed(rows, MODEL_COLUMNS)
 
 
