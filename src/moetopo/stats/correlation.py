@@ -89,27 +89,18 @@ def correlation_test(
     def on_weights(w: np.ndarray) -> np.ndarray:
         return _correlation(x, y, w, spearman)
 
-    rng_boot, rng_perm = np.random.default_rng(seed).spawn(2)
     ones = np.ones(n)
-    interval = bootstrap_interval(
+    a, b = (stats.rankdata(x), stats.rankdata(y)) if spearman else (x, y)
+    return resampled_result(
+        statistic,
         on_weights,
         np.arange(n),
+        (lambda b_perm: pearson(a, b_perm, ones), b),
+        n_groups=n,
         confidence_level=confidence_level,
         n_resamples=n_resamples,
-        rng=rng_boot,
-    )
-    a, b = (stats.rankdata(x), stats.rankdata(y)) if spearman else (x, y)
-    p_value = permutation_pvalue(
-        lambda b_perm: pearson(a, b_perm, ones),
-        b,
-        n_points=n,
-        n_resamples=n_resamples,
-        rng=rng_perm,
-    )
-    estimate = float(on_weights(ones))
-    error = monte_carlo_error(p_value, n, n_resamples)
-    return _conclude(
-        statistic, estimate, interval, (p_value, error), n, n, confidence_level, left_out
+        seed=seed,
+        left_out=left_out,
     )
 
 
@@ -162,24 +153,17 @@ def partial_correlation_test(
             return partial_pearson(midranks(x, w), midranks(y, w), midranks(z, w), w)
         return partial_pearson(x, y, z, w)
 
-    rng_boot, rng_perm = np.random.default_rng(seed).spawn(2)
-    interval = bootstrap_interval(
+    return resampled_result(
+        label,
         on_weights,
         np.arange(n),
+        (lambda ry_perm: pearson(rx, residualize(ry_perm, z, ones), ones), ry),
+        n_groups=n,
         confidence_level=confidence_level,
         n_resamples=n_resamples,
-        rng=rng_boot,
+        seed=seed,
+        left_out=left_out,
     )
-    p_value = permutation_pvalue(
-        lambda ry_perm: pearson(rx, residualize(ry_perm, z, ones), ones),
-        ry,
-        n_points=n,
-        n_resamples=n_resamples,
-        rng=rng_perm,
-    )
-    estimate = float(on_weights(ones))
-    error = monte_carlo_error(p_value, n, n_resamples)
-    return _conclude(label, estimate, interval, (p_value, error), n, n, confidence_level, left_out)
 
 
 def clustered_correlation_test(
@@ -237,23 +221,52 @@ def clustered_correlation_test(
             y_points = stats.rankdata(y_points, axis=-1)
         return pearson(a, y_points, ones)
 
-    rng_boot, rng_perm = np.random.default_rng(seed).spawn(2)
     ones = np.ones(n)
     a = stats.rankdata(x) if spearman else x
-    interval = bootstrap_interval(
+    return resampled_result(
+        statistic,
         on_weights,
         unit,
+        (on_unit_scores, unit_y),
+        n_groups=n_units,
+        confidence_level=confidence_level,
+        n_resamples=n_resamples,
+        seed=seed,
+        left_out=left_out,
+    )
+
+
+def resampled_result(
+    statistic: str,
+    on_weights,
+    point_unit: np.ndarray,
+    permutation: tuple,
+    *,
+    n_groups: int,
+    confidence_level: float,
+    n_resamples: int,
+    seed: int,
+    left_out: str,
+) -> CorrelationResult:
+    """The estimate, its bootstrap interval over ``point_unit``'s units and the
+    permutation p-value of ``permutation`` = (statistic of permuted values, the values),
+    concluded by :func:`_conclude`; both resamplings seeded from ``seed``."""
+    rng_boot, rng_perm = np.random.default_rng(seed).spawn(2)
+    interval = bootstrap_interval(
+        on_weights,
+        point_unit,
         confidence_level=confidence_level,
         n_resamples=n_resamples,
         rng=rng_boot,
     )
+    permuted_statistic, permuted = permutation
+    n = len(point_unit)
     p_value = permutation_pvalue(
-        on_unit_scores, unit_y, n_points=n, n_resamples=n_resamples, rng=rng_perm
+        permuted_statistic, permuted, n_points=n, n_resamples=n_resamples, rng=rng_perm
     )
-    estimate = float(on_weights(ones))
-    error = monte_carlo_error(p_value, n_units, n_resamples)
-    test = (p_value, error)
-    return _conclude(statistic, estimate, interval, test, n, n_units, confidence_level, left_out)
+    estimate = float(on_weights(np.ones(n)))
+    test = (p_value, monte_carlo_error(p_value, len(permuted), n_resamples))
+    return _conclude(statistic, estimate, interval, test, n, n_groups, confidence_level, left_out)
 
 
 def _correlation(x: np.ndarray, y: np.ndarray, w: np.ndarray, spearman: bool) -> np.ndarray:

@@ -14,19 +14,14 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from moetopo.stats._resampling import (
-    bootstrap_interval,
-    is_constant,
-    monte_carlo_error,
-    permutation_pvalue,
-)
+from moetopo.stats._resampling import is_constant
 from moetopo.stats.correlation import (
     CorrelationResult,
-    _conclude,
     _float_columns,
     _left_out,
     _too_few,
     _undetermined,
+    resampled_result,
 )
 
 _RANK_RTOL = 1e-10  # a design whose smallest singular value is below this share is singular
@@ -75,24 +70,17 @@ def regression_test(
 
     reduced = np.column_stack([np.ones(n), z])
     fitted = reduced @ np.linalg.lstsq(reduced, y, rcond=None)[0]
-    rng_boot, rng_perm = np.random.default_rng(seed).spawn(2)
-    interval = bootstrap_interval(
+    return resampled_result(
+        "regression",
         on_weights,
         np.arange(n),
+        (lambda r: _t_statistic(design, fitted + r), y - fitted),
+        n_groups=n,
         confidence_level=confidence_level,
         n_resamples=n_resamples,
-        rng=rng_boot,
+        seed=seed,
+        left_out=left_out,
     )
-    p_value = permutation_pvalue(
-        lambda r: _t_statistic(design, fitted + r),
-        y - fitted,
-        n_points=n,
-        n_resamples=n_resamples,
-        rng=rng_perm,
-    )
-    estimate = float(on_weights(np.ones(n)))
-    test = (p_value, monte_carlo_error(p_value, n, n_resamples))
-    return _conclude("regression", estimate, interval, test, n, n, confidence_level, left_out)
 
 
 def _singular(design: np.ndarray) -> bool:
