@@ -77,8 +77,8 @@ def test_config_yaml_shows_exactly_the_schema_defaults():
 # (code default, schema section, schema key)
 CODE_DEFAULTS = [
     *((TopologyParams, "cohomology", key) for key in (
-        "maxdim", "significance_level", "null_draws", "stalk_dim", "rtol", "n_eigenvalues",
-        "hodge_signal", "n_critical_edges", "max_triangles",
+        "maxdim", "significance_level", "null_draws", "bootstrap_draws", "bootstrap_max_experts",
+        "stalk_dim", "rtol", "n_eigenvalues", "hodge_signal", "n_critical_edges", "max_triangles",
     )),
     (TopologyParams, "cohomology", "epsilon_quantiles"),
     (TopologyParams, "cohomology", "cover_quantile"),

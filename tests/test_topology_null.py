@@ -125,3 +125,37 @@ def test_the_layer_summary_reports_threshold_null_count_and_significant_persiste
     assert s["x.h1_significant_persistence"] == pytest.approx(h1.persistence.max())
     assert s["x.h1_total_persistence"] >= s["x.h1_significant_persistence"]
     assert set(bars.columns) >= {"p_value", "threshold"}
+
+
+def test_bootstrap_band_separates_a_planted_circle_and_not_a_shapeless_cloud():
+    from moetopo.topology.null import bootstrap_band
+
+    def band_significant(points, seed):
+        d = squareform(pdist(points))
+        dgm = vietoris_rips_diagrams(d)
+        c = bootstrap_band(
+            d, dgm[["birth", "death"]].to_numpy(), dgm.dim.to_numpy(), maxdim=1, coeff=127,
+            level=0.05, draws=50, rng=np.random.default_rng(seed),
+        )  # fmt: skip
+        h1 = dgm[dgm.dim == 1]
+        return c, int((h1.persistence > 2 * c[1]).sum())
+
+    # the band is conservative: resampling leaves gaps in a circle, so it needs more
+    # points than the null model to separate the same loop (40 noisy points do not)
+    rng = np.random.default_rng(8)
+    angles = rng.uniform(0, 2 * np.pi, 100)
+    circle = np.column_stack([np.cos(angles), np.sin(angles)]) + 0.02 * rng.normal(size=(100, 2))
+    c, found = band_significant(circle, 0)
+    assert found == 1 and c[1] > 0
+    _, noise = band_significant(rng.normal(size=(100, 2)), 1)
+    assert noise == 0
+
+
+def test_the_layer_summary_reports_the_band_only_where_it_is_cheap():
+    d = squareform(pdist(np.random.default_rng(9).normal(size=(10, 3))))
+    small = layer_topology(
+        {"x": d}, params=TopologyParams(epsilon_quantiles=(), bootstrap_draws=20)
+    )
+    assert {"x.h0_bootstrap_band", "x.h1_band_significant"} <= set(small.summary)
+    capped = TopologyParams(epsilon_quantiles=(), bootstrap_draws=20, bootstrap_max_experts=9)
+    assert "x.h1_bootstrap_band" not in layer_topology({"x": d}, params=capped).summary

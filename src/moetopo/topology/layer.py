@@ -37,7 +37,7 @@ from moetopo.topology.hodgecover import (
     load_ranking,
     triplet_barrier,
 )
-from moetopo.topology.null import NullCalibration, calibrate, null_seed
+from moetopo.topology.null import NullCalibration, bootstrap_band, calibrate, null_seed
 from moetopo.topology.persistence import check_coefficient, summarize, vietoris_rips_diagrams
 from moetopo.topology.sheaf import sheaf_cohomology
 
@@ -51,6 +51,8 @@ class TopologyParams:
     significance_level: float = 0.01  # chance that a shapeless layer shows any significant bar
     null_draws: int = 99  # null layers per (layer, source); the level needs >= 1/level - 1
     seed: int = 0  # of the null draws
+    bootstrap_draws: int = 100  # resamples of the diagrams' bootstrap confidence set
+    bootstrap_max_experts: int = 64  # above this many experts the confidence set is skipped
     epsilon_quantiles: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)  # scales of the complexes
     cover_quantile: float = 0.3  # the scale HodgeCover selects on (one of epsilon_quantiles)
     stalk_dim: int = 2
@@ -177,6 +179,8 @@ def layer_topology(
             rng=null_seed(params.seed, layer, name),
         )
         diagrams[name] = _persistence(name, d, nulls[name], params, summary)
+        if params.bootstrap_draws and n <= params.bootstrap_max_experts:
+            _confidence_set(name, d, diagrams[name], params, layer, summary)
         for q in params.epsilon_quantiles:
             cx = rips_complex(d, epsilon_at_quantile(d, q))
             harmonic, row, edges = _hodge(cx, signal, params)
@@ -219,6 +223,27 @@ def _persistence(
         summary[f"{name}.h{dim}_max_persistence"] = s.max_persistence
         summary[f"{name}.h{dim}_entropy"] = s.entropy
     return dgm
+
+
+def _confidence_set(
+    name: str, d: np.ndarray, dgm: pd.DataFrame, params: TopologyParams, layer: int, summary
+) -> None:
+    """The bootstrap confidence set's half-width c per dimension, and the bars longer than
+    2c (essential ones included), into ``summary``."""
+    band = bootstrap_band(
+        d,
+        dgm[["birth", "death"]].to_numpy(),
+        dgm["dim"].to_numpy(),
+        maxdim=params.maxdim,
+        coeff=params.coeff,
+        level=params.significance_level,
+        draws=params.bootstrap_draws,
+        rng=null_seed(params.seed + 1, layer, name),
+    )
+    for dim in range(params.maxdim + 1):
+        rows = dgm[dgm.dim == dim]
+        summary[f"{name}.h{dim}_bootstrap_band"] = float(band[dim])
+        summary[f"{name}.h{dim}_band_significant"] = int((rows.persistence > 2 * band[dim]).sum())
 
 
 def _hodge(

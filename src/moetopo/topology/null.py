@@ -43,6 +43,7 @@ from scipy.sparse.csgraph import minimum_spanning_tree
 from scipy.spatial.distance import pdist, squareform
 
 from moetopo.topology.complex import check_distance_matrix
+from moetopo.topology.persistence import bottleneck_distance, vietoris_rips_diagrams
 
 
 def mds_variances(distances: np.ndarray) -> np.ndarray:
@@ -189,3 +190,33 @@ def observed_h0_deaths(distances: np.ndarray) -> np.ndarray:
     deaths = tree.data
     # an MST drops zero-length edges: duplicates merge at 0
     return np.concatenate([deaths, np.zeros(len(distances) - 1 - len(deaths))])
+
+
+def bootstrap_band(
+    distances: np.ndarray,
+    diagram: np.ndarray,
+    dims: np.ndarray,
+    *,
+    maxdim: int,
+    coeff: int,
+    level: float,
+    draws: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Half-width c per dimension of the bootstrap confidence set of the diagram (Fasy et
+    al. 2014): the (1 - ``level``) quantile of the bottleneck distance between the
+    diagram of experts drawn with replacement and the observed one. The true diagram lies
+    within c of the observed one with that confidence, so a bar longer than 2c is
+    separated from the diagonal. ``diagram`` (k, 2) and ``dims`` are the observed bars.
+    """
+    d = check_distance_matrix(distances)
+    n = len(d)
+    observed = [diagram[dims == dim] for dim in range(maxdim + 1)]
+    gaps = np.zeros((draws, maxdim + 1))
+    for b in range(draws):
+        pick = rng.integers(0, n, size=n)
+        table = vietoris_rips_diagrams(d[np.ix_(pick, pick)], maxdim=maxdim, coeff=coeff)
+        bars = table[["birth", "death"]].to_numpy()
+        for dim in range(maxdim + 1):
+            gaps[b, dim] = bottleneck_distance(bars[table["dim"] == dim], observed[dim])
+    return np.quantile(gaps, 1.0 - level, axis=0)
