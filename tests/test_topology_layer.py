@@ -79,7 +79,9 @@ def barrier_of(d: np.ndarray):
     return merge_barrier
 
 
-PARAMS = TopologyParams(epsilon_quantiles=(0.3, 0.6), n_critical_edges=10_000, maxdim=2)
+PARAMS = TopologyParams(
+    epsilon_quantiles=(0.3, 0.6), n_critical_edges=10_000, maxdim=2, bootstrap_draws=10
+)
 
 
 def run(sources, coactivation, load, frames, params=PARAMS):

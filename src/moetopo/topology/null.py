@@ -212,9 +212,12 @@ def bootstrap_band(
     d = check_distance_matrix(distances)
     n = len(d)
     observed = [diagram[dims == dim] for dim in range(maxdim + 1)]
+    # experts in an order of their own (total distance), so that the same draws pick the
+    # same experts whatever their ids: relabelling changes nothing (up to exact ties)
+    canonical = np.argsort(d.sum(axis=1), kind="stable")
     gaps = np.zeros((draws, maxdim + 1))
     for b in range(draws):
-        pick = rng.integers(0, n, size=n)
+        pick = canonical[rng.integers(0, n, size=n)]
         table = vietoris_rips_diagrams(d[np.ix_(pick, pick)], maxdim=maxdim, coeff=coeff)
         bars = table[["birth", "death"]].to_numpy()
         for dim in range(maxdim + 1):
