@@ -271,18 +271,13 @@ def statistic_sentence(row) -> str:
     name = STATISTICS.get(row.statistic, row.statistic)
     if row.ci_method == "none" or pd.isna(row.estimate):
         return f"{name}: {row.verdict} ({row.reason})."
-    if row.verdict == "inconclusive" and row.verdict_unadjusted != "inconclusive":
-        return (
-            f"{name} = {fmt.fixed(row.estimate)}, {row.ci_method} interval "
-            f"{fmt.interval(row.ci_low, row.ci_high)}, permutation p = {fmt.sig(row.p_value)}"
-            f"{monte_carlo(row)} (adjusted for multiple tests {fmt.sig(row.p_adjusted)}): "
-            f"inconclusive ({row.reason})."
-        )
+    undone = row.verdict == "inconclusive" and row.verdict_unadjusted != "inconclusive"
+    why = f" ({row.reason})" if undone else ""  # the adjustment undid it: say how
     return (
         f"{name} = {fmt.fixed(row.estimate)}, {row.ci_method} interval "
         f"{fmt.interval(row.ci_low, row.ci_high)}, permutation p = {fmt.sig(row.p_value)}"
         f"{monte_carlo(row)} "
-        f"(adjusted for multiple tests {fmt.sig(row.p_adjusted)}): {row.verdict}."
+        f"(adjusted for multiple tests {fmt.sig(row.p_adjusted)}): {row.verdict}{why}."
     )
 
 

@@ -106,12 +106,17 @@ def conjecture_rows(
     )
     wide = _wide(models, ["model"], "h1_per_active_param", ["score", "total_params"])
     metrics = [c for c in wide.columns if ":" in c]
-    unit = wide.model.map(lambda m: (clusters or {}).get(m, m))
+    clusters = clusters or {}
+
+    def unit_of(models: pd.Series) -> pd.Series:  # a fine-tune's unit is its base
+        return models.map(lambda m: clusters.get(m, m))
+
+    unit = unit_of(wide.model)
     per_unit = wide.drop(columns="model").groupby(unit.to_numpy(), sort=True).mean()
     model_level = conjecture_table(per_unit.reset_index(names="model"), metrics, **options)
     extra = list(covariates or [])
     totals = _wide(models, ["model"], "h1_total", ["score", "activated_params", *extra])
-    unit = totals.model.map(lambda m: (clusters or {}).get(m, m)).to_numpy()
+    unit = unit_of(totals.model).to_numpy()
     merged = totals.drop(columns="model").groupby(unit, sort=True)
     numeric = merged.mean(numeric_only=True)
     text = [c for c in extra if c not in numeric]
@@ -120,7 +125,7 @@ def conjecture_rows(
         per_unit_totals.reset_index(names="model"), metrics, covariates=extra, **options
     )
     layer_wide = _wide(layers, ["model", "layer"], "per_active_param", ["score"])
-    layer_wide["model"] = layer_wide.model.map(lambda m: (clusters or {}).get(m, m))
+    layer_wide["model"] = unit_of(layer_wide.model)
     layer_wide["score"] = layer_wide.model.map(per_unit.score)
     layer_level = layer_conjecture_table(layer_wide, metrics, **options)
     table = pd.concat([model_level, regression, layer_level], ignore_index=True)

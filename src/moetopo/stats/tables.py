@@ -58,9 +58,7 @@ def conjecture_table(
     """
     _require(models, [score_col, size_col, *metrics], "models")
     score = _column(models, score_col)
-    size = _column(models, size_col)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_size = np.where(size > 0, np.log10(size), np.nan)
+    log_size = _log10_column(models, size_col)
     options = dict(
         confidence_level=confidence_level,
         n_resamples=n_resamples,
@@ -105,9 +103,7 @@ def regression_table(
     activated parameters and ``covariates`` (columns of ``models``): H1's coefficient."""
     _require(models, [score_col, active_col, *metrics, *covariates], "models")
     score = _column(models, score_col)
-    active = _column(models, active_col)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_active = np.where(active > 0, np.log10(active), np.nan)
+    log_active = _log10_column(models, active_col)
     design = covariate_matrix(log_active, {c: models[c].to_numpy() for c in covariates})
     rows = []
     for metric in metrics:
@@ -223,6 +219,13 @@ def _nonzero_models(x: np.ndarray, score: np.ndarray, models: np.ndarray) -> tup
     nonzero when any of its rows is."""
     measured = np.isfinite(x) & np.isfinite(score)
     return len(set(models[measured & (x != 0)])), len(set(models[measured]))
+
+
+def _log10_column(frame: pd.DataFrame, name: str) -> np.ndarray:
+    """log10 of a positive count column (parameters), NaN where it is not positive."""
+    values = _column(frame, name)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(values > 0, np.log10(values), np.nan)
 
 
 def _row(level: str, metric: str, result: CorrelationResult, nonzero: tuple[int, int]) -> dict:
