@@ -110,6 +110,8 @@ def test_sheets_match_manifest(manifest: dict[str, Any]) -> None:
         model = by_id[row["model"]]
         assert float(row["score"]) == pytest.approx(model["score"], abs=1e-6)
         assert row["family"] == model["family"]
+        base_steps = by_id[model["base"]]["steps"] if model.get("base") else 0
+        assert int(row["steps"]) == model["steps"] + base_steps  # a fine-tune adds its base's
         assert (ROOT / row["path"] / "config.json").is_file()
         assert (ROOT / row["routing"]).is_file() and row["routing"].startswith(row["path"] + "/")
     pairs = read_tsv(CONFIG / "pairs.tsv")

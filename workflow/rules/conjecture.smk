@@ -20,6 +20,7 @@ rule conjecture:
         **config["conjecture"],
         models=SHEET.names,
         scores=[SHEET.score(m) for m in SHEET.names],
+        steps=[SHEET.steps(m) for m in SHEET.names],
         clusters=PAIRS.clusters(),
     script:
         "../scripts/conjecture.py"

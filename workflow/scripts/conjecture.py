@@ -18,9 +18,13 @@ def main(snakemake):
     layer_summaries = {
         n: read_table(f)[0] for n, f in zip(names, snakemake.input.layer_summaries, strict=True)
     }
+
+    def number(text):
+        return float(text) if text != "" else float("nan")
+
     rows = [
-        {"model": n, "score": float(s) if s != "" else float("nan")}
-        for n, s in zip(names, p.scores, strict=True)
+        {"model": n, "score": number(s), "steps": number(t)}
+        for n, s, t in zip(names, p.scores, p.steps, strict=True)
     ]
     models, layers = model_tables(rows, summaries, layer_summaries)
     primary = {
@@ -40,6 +44,7 @@ def main(snakemake):
         "clusters": dict(p.clusters),
         "covariates": list(p.covariates),
         "scores": dict(zip(names, p.scores, strict=True)),
+        "steps": dict(zip(names, p.steps, strict=True)),
     }
     table = conjecture_rows(
         models,

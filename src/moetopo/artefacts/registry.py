@@ -220,6 +220,7 @@ SCHEMAS: dict[str, list[tuple[str, pa.DataType]]] = {
         ("n_experts", I64),
         ("top_k", I64),
         ("family", STR),
+        ("steps", F64),
     ],
     "stats_layers": [
         ("model", STR),

@@ -64,6 +64,9 @@ class ModelSheet:
     def score(self, model: str) -> str:
         return self.table.loc[model].get("score", "")
 
+    def steps(self, model: str) -> str:
+        return self.table.loc[model].get("steps", "")
+
     def routing_file(self, model: str) -> str:
         return self.table.loc[model].get("routing", "")
 

@@ -11,8 +11,10 @@ tests of its level (Benjamini-Hochberg), since a study runs dozens of them.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
+from moetopo.errors import MoetopoError
 from moetopo.stats import (
     adjusted_verdicts,
     conjecture_table,
@@ -29,7 +31,8 @@ def model_tables(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per model x source x metric, per model x layer x source x metric) H1 figures.
 
-    ``models`` rows carry model and score (NaN when unknown); summaries are model.json.
+    ``models`` rows carry model, score and steps (NaN when unknown); summaries are
+    model.json.
     """
     model_rows, layer_rows = [], []
     for row in models:
@@ -56,6 +59,7 @@ def model_tables(
                         "n_experts": summary["n_experts"],
                         "top_k": summary["top_k"],
                         "family": summary["family"],
+                        "steps": row.get("steps", np.nan),
                     }
                 )
                 for layer_row in group.itertuples(index=False):
@@ -93,7 +97,8 @@ def conjecture_rows(
     base: a base and its fine-tunes are one model of evidence, the mean of their metrics
     and scores (their layers keep their own metrics, with the cluster's mean score).
     Beside the correlations of the ratio, the 'regression' rows regress the score on the
-    H1 total, log10 activated parameters and ``covariates`` (of top_k, n_experts, family)."""
+    H1 total, log10 activated parameters and ``covariates`` (of top_k, n_experts, family,
+    steps; steps enter as log10, the scale on which loss falls with training)."""
     if sources:
         models = models[models.source.isin(sources)]
         layers = layers[layers.source.isin(sources)]
@@ -116,6 +121,8 @@ def conjecture_rows(
     model_level = conjecture_table(per_unit.reset_index(names="model"), metrics, **options)
     extra = list(covariates or [])
     totals = _wide(models, ["model"], "h1_total", ["score", "activated_params", *extra])
+    if "steps" in extra:
+        totals["steps"] = _log10_steps(totals)
     unit = unit_of(totals.model).to_numpy()
     merged = totals.drop(columns="model").groupby(unit, sort=True)
     numeric = merged.mean(numeric_only=True)
@@ -136,6 +143,19 @@ def conjecture_rows(
         chosen = (table[list(primary)] == pd.Series(primary)).all(axis=1)
         table["primary"] = chosen
     return adjusted_verdicts(with_adjusted_p(table), confidence_level)
+
+
+def _log10_steps(totals: pd.DataFrame) -> pd.Series:
+    """log10 training steps; a covariate the sheet does not give for every model is refused
+    (dropping those models would change the sample the other tests see)."""
+    steps = totals["steps"].astype(float)
+    unknown = totals.model[~(steps > 0)].tolist()
+    if unknown:
+        raise MoetopoError(
+            f"conjecture.covariates has 'steps', but the model sheet's steps column is "
+            f"empty or not positive for {', '.join(unknown)}; fill it or drop the covariate"
+        )
+    return np.log10(steps)
 
 
 def _wide(long: pd.DataFrame, index: list[str], value: str, keep: list[str]) -> pd.DataFrame:

@@ -13,7 +13,7 @@ from typing import Any
 
 MANIFEST = "manifest.json"
 ROUTING_FILE = "router_logits.npz"
-MODELS_HEADER = ("model", "path", "score", "family", "routing")
+MODELS_HEADER = ("model", "path", "score", "steps", "family", "routing")
 PAIRS_HEADER = ("base", "tuned")
 
 
@@ -57,9 +57,11 @@ def write_sheets(root: Path, out_dir: Path, manifest: dict[str, Any], config_dir
     with (config_dir / "models.tsv").open("w", newline="") as fh:
         w = csv.writer(fh, delimiter="\t", lineterminator="\n")
         w.writerow(MODELS_HEADER)
+        steps = {m["id"]: m["steps"] for m in manifest["models"]}
         for m in manifest["models"]:
+            total = m["steps"] + (steps[m["base"]] if m.get("base") else 0)
             w.writerow(
-                [m["id"], f"{rel}/{m['id']}", f"{m['score']:.6f}", m["family"],
+                [m["id"], f"{rel}/{m['id']}", f"{m['score']:.6f}", total, m["family"],
                  f"{rel}/{m['id']}/{ROUTING_FILE}"]
             )  # fmt: skip
     with (config_dir / "pairs.tsv").open("w", newline="") as fh:
