@@ -19,6 +19,7 @@ LAYERS = [
     ("base", {"errors", "families"}),
     ("checkpoint", {"checkpoint"}),
     ("science", {"routing", "geometry", "diff", "topology", "stats"}),
+    ("methods", {"compression"}),  # built on routing and topology together
     ("artefacts", {"artefacts"}),
     ("stages", {"stages", "report", "pipeline"}),
     ("tools", {"inspect", "capture", "bench", "zoo", "fixtures", "__main__"}),

@@ -113,18 +113,26 @@ def route(
     rule: RoutingRule,
     bias: np.ndarray | None = None,
     selection_bias: np.ndarray | None = None,
+    allowed: np.ndarray | None = None,
 ) -> Routed:
     """Apply ``rule`` to router logits [T, E].
 
     ``bias`` is added to the logits (gpt-oss); ``selection_bias`` only steers which
     experts are chosen (DeepSeek-V3's e_score_correction_bias, LFM2's expert_bias,
-    Ernie's moe_statics), never the weights.
+    Ernie's moe_statics), never the weights. ``allowed`` (bool [E]) routes as a checkpoint
+    whose other experts were pruned with their router rows: they get no score (softmax
+    renormalises over the rest) and are never chosen; group routing keeps its groups.
     """
     z = np.asarray(logits, dtype=np.float64)
     if bias is not None:
         z = z + bias
     k = rule.top_k
     sel = 0.0 if selection_bias is None else np.asarray(selection_bias, dtype=np.float64)
+    if allowed is not None:
+        if np.count_nonzero(allowed) < k:
+            raise ValueError(f"{np.count_nonzero(allowed)} experts allowed, fewer than top_k {k}")
+        z = np.where(allowed, z, -np.inf)
+        sel = np.where(allowed, sel, -np.inf)  # no selection bias lifts a pruned expert
     name = rule.rule
     if name == "sparsemixer":
         scores = softmax(z)

@@ -65,6 +65,7 @@ def hodgecover_ranking(
     harmonic_energy: np.ndarray,
     barrier: np.ndarray,
     load: np.ndarray | None = None,
+    saliency: np.ndarray | None = None,
 ) -> np.ndarray:
     """Greedy HodgeCover order of the experts (array of expert ids, rank 0 first).
 
@@ -77,7 +78,8 @@ def hodgecover_ranking(
     lets the greedy start an item it cannot finish in one step (counting only completed
     items would give every first pick zero gain). Each step keeps the expert adding the
     most coverage, ties (within 1e-12) broken by higher load, then lower id; once all
-    weight is covered, the rest follow by load.
+    weight is covered, the rest follow by load. ``saliency`` (one non-negative value per
+    expert, as the paper's variant adds) is a third unit-total family a vertex earns whole.
     """
     n = cx.n_vertices
     load = np.zeros(n) if load is None else np.asarray(load, dtype=np.float64)
@@ -86,6 +88,8 @@ def hodgecover_ranking(
     if w_edge.shape != (cx.n_edges,) or w_tri.shape != (cx.n_triangles,) or load.shape != (n,):
         raise ValueError("need one harmonic energy per edge, barrier per triangle, load per expert")
     edge_gain = np.bincount(cx.edges.ravel(), np.repeat(w_edge / 2, 2), minlength=n)
+    if saliency is not None:
+        edge_gain = edge_gain + _unit_total(np.asarray(saliency, dtype=np.float64))
     live = w_tri > 0
     tri, w_tri = cx.triangles[live], w_tri[live]
     covered = np.zeros(len(tri), dtype=np.int64)  # kept vertices per triangle

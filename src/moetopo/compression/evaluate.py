@@ -1,0 +1,159 @@
+"""Layer-wise compression evaluation: every method at every budget against the full block.
+
+The layer's input tokens are split in two: the first half calibrates (load, saliency,
+barriers, clusters), the second half is held out and measures the reduced block. Methods:
+
+- ``frequency``, ``random`` (``random_draws`` seeded draws), ``reap``, ``weights_only``
+  and today's ``hodgecover``: keep a ranking's prefix, drop the rest with their router rows;
+- ``pairwise`` and ``hodgecover_paper``: keep a ranking's prefix, redirect each pruned
+  expert's traffic to the survivor it is cheapest to merge with;
+- ``hc_smoe``: cluster the experts' mean outputs into ``keep`` clusters and replace each
+  cluster by its frequency-weighted merge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from moetopo.checkpoint.experts import ExpertWeights
+from moetopo.compression.barriers import BlockMergeBarrier
+from moetopo.compression.block import (
+    Reduction,
+    RoutedBlock,
+    compare,
+    dropped,
+    frequency_weighted_merge,
+    redirected,
+    reduced_output,
+)
+from moetopo.compression.criteria import (
+    output_clusters,
+    random_ranking,
+    reap_saliency,
+    representatives,
+    selection_load,
+    weight_statistic,
+    weights_only_ranking,
+)
+from moetopo.compression.hodgecover_paper import (
+    pairwise_greedy_ranking,
+    paper_hodgecover,
+    redirect_targets,
+)
+from moetopo.topology.hodgecover import load_ranking
+
+METHODS = (
+    "frequency",
+    "random",
+    "reap",
+    "weights_only",
+    "hodgecover",
+    "pairwise",
+    "hodgecover_paper",
+    "hc_smoe",
+)
+METRICS = ("relative_error", "cosine", "changed")
+
+
+@dataclass(frozen=True)
+class CompressionParams:
+    keep_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
+    methods: tuple[str, ...] = METHODS
+    random_draws: int = 5
+    neighbours: int = 8
+    max_triangles: int = 500
+    seed: int = 0
+
+
+def budgets(n_experts: int, top_k: int, fractions) -> list[int]:
+    """Experts kept at each fraction: rounded, at least top_k, at most all but one."""
+    keep = {min(max(int(round(f * n_experts)), top_k), n_experts - 1) for f in fractions}
+    return sorted(k for k in keep if k >= top_k)
+
+
+def evaluate_layer(
+    block: RoutedBlock,
+    tokens: np.ndarray,
+    params: CompressionParams,
+    hodgecover: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Rows (method, draw, keep, metric, value) for one layer; ``hodgecover`` is today's
+    ranking from the cohomology stage (its method is skipped without it)."""
+    n, half = block.n_experts, len(tokens) // 2
+    if half < 1:
+        raise ValueError(f"{len(tokens)} tokens: too few to calibrate and hold out")
+    calibration, held_out = tokens[:half], tokens[half:]
+    routed = block.route(calibration)
+    load = selection_load(routed, n)
+    barrier = BlockMergeBarrier(block, calibration, routed, load)
+    full = block.route(held_out)
+    reference = block.output(held_out, full.experts, full.weights)
+    plans = _plans(block, barrier, routed, load, params, hodgecover)
+    rows = []
+    for keep in budgets(n, block.rule.top_k, params.keep_fractions):
+        for method, draw, reduction in _reductions(plans, keep, block, barrier, load):
+            reduced, changed = reduced_output(block, held_out, reduction, full)
+            result = compare(reference, reduced, changed)
+            for metric in METRICS:
+                rows.append((method, draw, keep, metric, getattr(result, metric)))
+    return pd.DataFrame(rows, columns=["method", "draw", "keep", "metric", "value"])
+
+
+def _plans(block, barrier, routed, load, params, hodgecover) -> dict[str, object]:
+    """Per method what fixes its choice at every budget (a ranking, or the clustering)."""
+    wanted, n, plans = set(params.methods), block.n_experts, {}
+    if "frequency" in wanted:
+        plans["frequency"] = load_ranking(load)
+    if "random" in wanted:
+        plans["random"] = [random_ranking(n, params.seed + d) for d in range(params.random_draws)]
+    saliency = reap_saliency(routed, barrier.gate, barrier.output_norm)
+    if "reap" in wanted:
+        plans["reap"] = load_ranking(saliency)
+    if "weights_only" in wanted:
+        plans["weights_only"] = weights_only_ranking(
+            [weight_statistic(block.expert(e)) for e in range(n)]
+        )
+    if "hodgecover" in wanted and hodgecover is not None:
+        plans["hodgecover"] = np.asarray(hodgecover, dtype=np.int64)
+    if wanted & {"pairwise", "hodgecover_paper"}:
+        cover = paper_hodgecover(
+            barrier, barrier.mean_outputs, saliency, load,
+            neighbours=params.neighbours, max_triangles=params.max_triangles, seed=params.seed,
+        )  # fmt: skip
+        plans["_pairs"] = cover.pair_barrier
+        if "hodgecover_paper" in wanted:
+            plans["hodgecover_paper"] = cover.ranking
+        if "pairwise" in wanted:
+            plans["pairwise"] = pairwise_greedy_ranking(cover.pair_barrier, load)
+    if "hc_smoe" in wanted:
+        plans["hc_smoe"] = barrier.mean_outputs
+    return plans
+
+
+def _reductions(plans, keep, block, barrier, load):
+    """(method, draw, Reduction) of every planned method at budget ``keep``."""
+    n = block.n_experts
+    for method in ("frequency", "reap", "weights_only", "hodgecover"):
+        if method in plans:
+            yield method, 0, dropped(n, plans[method][:keep])
+    for draw, ranking in enumerate(plans.get("random", [])):
+        yield "random", draw, dropped(n, ranking[:keep])
+    for method in ("pairwise", "hodgecover_paper"):
+        if method in plans:
+            target = redirect_targets(plans[method][:keep], plans["_pairs"], barrier.mean_outputs)
+            yield method, 0, redirected(target)
+    if "hc_smoe" in plans:
+        yield "hc_smoe", 0, _merged(block, output_clusters(plans["hc_smoe"], keep), load)
+
+
+def _merged(block: RoutedBlock, labels: np.ndarray, load: np.ndarray) -> Reduction:
+    target = representatives(labels, load)
+    merged: dict[int, ExpertWeights] = {}
+    for survivor in np.unique(target):
+        members = np.flatnonzero(target == survivor)
+        if len(members) > 1:
+            merged[int(survivor)] = frequency_weighted_merge(block, members, load)
+    return redirected(target, merged)

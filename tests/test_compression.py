@@ -1,0 +1,114 @@
+"""Compression evaluation on planted layers: duplicates cost nothing to the methods that see
+them, a jointly unmergeable triangle is kept by HodgeCover and not by a pairwise ranking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moetopo.checkpoint.experts import ExpertWeights
+from moetopo.compression.block import RoutedBlock, compare, dropped, reduced_output
+from moetopo.compression.evaluate import CompressionParams, budgets, evaluate_layer
+from moetopo.compression.hodgecover_paper import (
+    betti1_filtration,
+    pairwise_greedy_ranking,
+    paper_hodgecover,
+)
+from moetopo.routing.rule import RoutingRule, route
+
+HIDDEN, WIDTH = 16, 8
+
+
+def random_expert(rng) -> ExpertWeights:
+    return ExpertWeights(
+        gate=rng.normal(size=(WIDTH, HIDDEN)).astype(np.float32),
+        up=rng.normal(size=(WIDTH, HIDDEN)).astype(np.float32),
+        down=rng.normal(size=(HIDDEN, WIDTH)).astype(np.float32) / 4,
+    )
+
+
+def planted_duplicates(seed: int = 0) -> RoutedBlock:
+    """Eight experts; 0-3 are exact copies (weights and router rows)."""
+    rng = np.random.default_rng(seed)
+    experts = [random_expert(rng) for _ in range(5)]
+    experts = [experts[0]] * 3 + experts
+    router = rng.normal(size=(8, HIDDEN)).astype(np.float32)
+    router[1:4] = router[0]
+    rule = RoutingRule("softmax_topk", top_k=2, norm_topk_prob=True)
+    return RoutedBlock(router, rule, lambda e: experts[e], "swiglu")
+
+
+def tokens(n: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, HIDDEN)).astype(np.float32)
+
+
+def test_three_of_four_duplicates_go_for_free_where_a_method_sees_them():
+    block = planted_duplicates()
+    table = evaluate_layer(block, tokens(512), CompressionParams(keep_fractions=(5 / 8,)))
+    error = table[table.metric == "relative_error"].groupby("method").value.max()
+    assert set(budgets(8, 2, (5 / 8,))) == {5}
+    for method in ("pairwise", "hodgecover_paper", "hc_smoe"):
+        assert error[method] < 1e-6, method
+    assert error["frequency"] > 1e-3  # by load it keeps the copies and drops distinct experts
+
+
+def test_dropping_routes_again_among_the_survivors_as_the_rule_does():
+    block = planted_duplicates()
+    x = tokens(64)
+    full = block.route(x)
+    keep = np.array([0, 4, 5, 6, 7])
+    reduced, changed = reduced_output(block, x, dropped(8, keep), full)
+    logits = x.astype(np.float64) @ block.router[keep].T.astype(np.float64)
+    again = route(logits, block.rule)  # a checkpoint holding only the survivors
+    expected = block.output(x, keep[again.experts], again.weights)
+    np.testing.assert_allclose(reduced, expected, rtol=1e-6, atol=1e-9)
+    assert compare(expected, reduced, changed).relative_error < 1e-12
+    assert changed.any() and not changed.all()
+
+
+def planted_triangle_barrier(n: int = 6, seed: int = 2):
+    """Experts 0, 1, 2 merge cheaply in pairs (0.01) but not all three (0.6); other pairs
+    cost 0.2-0.4 and their triples the most expensive of their pairs."""
+    rng = np.random.default_rng(seed)
+    pair = np.triu(rng.uniform(0.2, 0.4, (n, n)), 1)
+    pair = pair + pair.T
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        pair[a, b] = pair[b, a] = 0.01
+
+    def barrier(members) -> float:
+        members = tuple(sorted(members))
+        if len(members) == 2:
+            return float(pair[members])
+        if members == (0, 1, 2):
+            return 0.6
+        a, b, c = members
+        return float(max(pair[a, b], pair[a, c], pair[b, c]))
+
+    return barrier, pair
+
+
+def test_a_jointly_unmergeable_triangle_is_kept_by_hodgecover_not_by_pairwise():
+    barrier, pair = planted_triangle_barrier()
+    n, keep = 6, 4
+    mean_outputs = np.eye(n)
+    flat = np.ones(n)
+    cover = paper_hodgecover(barrier, mean_outputs, flat, flat, neighbours=n)
+    kept_hc = set(cover.ranking[:keep].tolist())
+    kept_pw = set(pairwise_greedy_ranking(pair, flat)[:keep].tolist())
+    assert len(kept_hc & {0, 1, 2}) >= 2  # no single survivor serves all three
+    assert len(kept_pw & {0, 1, 2}) == 1  # every pair looked cheap, so two of them went
+    assert cover.n_critical >= 1
+
+
+def test_betti1_of_a_filtration_counts_cycles_and_their_fillings():
+    # a square 0-1-2-3 with one diagonal: two triangles fill it in two steps
+    edges = np.array([[0, 1], [0, 3], [1, 2], [2, 3], [0, 2]])
+    triangles = np.array([[0, 1, 2], [0, 2, 3]])
+    thresholds, betti = betti1_filtration(4, edges, np.arange(5.0), triangles, [5.0, 6.0])
+    assert betti.tolist() == [0, 0, 0, 1, 2, 1, 0]
+    assert thresholds.tolist() == [0, 1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("fraction, expected", [(0.25, [2]), (0.5, [4]), (0.9, [7])])
+def test_budgets_keep_at_least_top_k_and_prune_at_least_one(fraction, expected):
+    assert budgets(8, 2, (fraction,)) == expected
