@@ -44,7 +44,7 @@ def tokens(n: int, seed: int = 1) -> np.ndarray:
 
 def test_three_of_four_duplicates_go_for_free_where_a_method_sees_them():
     block = planted_duplicates()
-    table = evaluate_layer(block, tokens(512), CompressionParams(keep_fractions=(5 / 8,)))
+    table = evaluate_layer(block, tokens(512), CompressionParams(keep_fractions=(5 / 8,))).table
     error = table[table.metric == "relative_error"].groupby("method").value.max()
     assert set(budgets(8, 2, (5 / 8,))) == {5}
     for method in ("pairwise", "hodgecover_paper", "hc_smoe"):

@@ -79,9 +79,9 @@ def evaluate_layer(
     tokens: np.ndarray,
     params: CompressionParams,
     hodgecover: np.ndarray | None = None,
-) -> pd.DataFrame:
-    """Rows (method, draw, keep, metric, value) for one layer; ``hodgecover`` is today's
-    ranking from the cohomology stage (its method is skipped without it)."""
+) -> LayerCompression:
+    """Every method at every budget on one layer; ``hodgecover`` is today's ranking from
+    the cohomology stage (its method is skipped without it)."""
     n, half = block.n_experts, len(tokens) // 2
     if half < 1:
         raise ValueError(f"{len(tokens)} tokens: too few to calibrate and hold out")
@@ -92,14 +92,48 @@ def evaluate_layer(
     full = block.route(held_out)
     reference = block.output(held_out, full.experts, full.weights)
     plans = _plans(block, barrier, routed, load, params, hodgecover)
-    rows = []
+    rows, chosen = [], []
     for keep in budgets(n, block.rule.top_k, params.keep_fractions):
         for method, draw, reduction in _reductions(plans, keep, block, barrier, load):
             reduced, changed = reduced_output(block, held_out, reduction, full)
             result = compare(reference, reduced, changed)
             for metric in METRICS:
                 rows.append((method, draw, keep, metric, getattr(result, metric)))
-    return pd.DataFrame(rows, columns=["method", "draw", "keep", "metric", "value"])
+            chosen.append(_selection(method, draw, keep, reduction))
+    table = pd.DataFrame(rows, columns=["method", "draw", "keep", "metric", "value"])
+    return LayerCompression(table, pd.concat(chosen, ignore_index=True), load)
+
+
+@dataclass(frozen=True)
+class LayerCompression:
+    """A layer's evaluation: ``table`` (method, draw, keep, metric, value), ``selections``
+    (method, draw, keep, expert, kept, target, merged: which expert serves each expert's
+    traffic, -1 where a dropped expert's tokens are routed again) and the calibration
+    ``load`` (tokens per expert)."""
+
+    table: pd.DataFrame
+    selections: pd.DataFrame
+    load: np.ndarray
+
+
+def _selection(method: str, draw: int, keep: int, reduction: Reduction) -> pd.DataFrame:
+    n = len(reduction.kept)
+    if reduction.kind == "drop":
+        target = np.where(reduction.kept, np.arange(n), -1)
+    else:
+        target = reduction.target
+    merged = np.isin(target, list(reduction.merged))
+    return pd.DataFrame(
+        {
+            "method": method,
+            "draw": draw,
+            "keep": keep,
+            "expert": np.arange(n),
+            "kept": reduction.kept,
+            "target": target,
+            "merged": merged,
+        }
+    )
 
 
 def _plans(block, barrier, routed, load, params, hodgecover) -> dict[str, object]:
