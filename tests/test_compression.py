@@ -112,3 +112,15 @@ def test_betti1_of_a_filtration_counts_cycles_and_their_fillings():
 @pytest.mark.parametrize("fraction, expected", [(0.25, [2]), (0.5, [4]), (0.9, [7])])
 def test_budgets_keep_at_least_top_k_and_prune_at_least_one(fraction, expected):
     assert budgets(8, 2, (fraction,)) == expected
+
+
+def test_pairwise_ranking_is_a_permutation_where_pairs_went_unmeasured():
+    """Each expert is measured only against its nearest neighbours: once the cheap ones are
+    gone, the survivors' costs are all infinite and must still be dropped one by one."""
+    matrix = np.full((6, 6), np.inf)
+    np.fill_diagonal(matrix, 0.0)
+    matrix[0, 1] = matrix[1, 0] = 0.1
+    matrix[2, 3] = matrix[3, 2] = 0.2
+    ranking = pairwise_greedy_ranking(matrix, np.arange(6.0))
+    assert sorted(ranking.tolist()) == list(range(6))
+    assert ranking[-1] == 0 and ranking[-2] == 2  # the cheapest merges go first

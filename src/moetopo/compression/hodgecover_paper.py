@@ -188,7 +188,7 @@ def pairwise_greedy_ranking(matrix: np.ndarray, load: np.ndarray) -> np.ndarray:
     for _ in range(n - 1):
         cost = np.where(alive[None, :] & ~np.eye(n, dtype=bool), matrix, np.inf).min(axis=1)
         cost = np.where(alive, cost, np.inf)
-        candidates = np.flatnonzero(cost <= cost.min())
+        candidates = np.flatnonzero(alive & (cost <= cost[alive].min()))  # inf: none measured
         pick = int(candidates[np.lexsort((candidates, load[candidates]))[0]])
         alive[pick] = False
         removed.append(pick)
