@@ -15,7 +15,8 @@ pytestmark = pytest.mark.workflow
 STAGE_ARTEFACTS = (
     "model.json", "inventory.parquet", "gates.parquet", "routing.parquet",
     "expert_distances.parquet", "redundancy.parquet", "persistence.parquet", "hodge.parquet",
-    "sheaf.parquet", "hodgecover.parquet", "layer_summary.parquet",
+    "sheaf.parquet", "hodgecover.parquet", "layer_summary.parquet", "compression.parquet",
+    "compression_selections.parquet",
 )  # fmt: skip
 
 
@@ -39,6 +40,8 @@ def test_run_completes_every_stage(small_run):
     for name in ("attention_diff", "scaffold", "crossref", "bottleneck"):
         assert f"{pair}/{name}.parquet" in found
     assert "stats/conjecture.parquet" in found
+    for name in ("compression_methods", "compression_layers", "compression_topology"):
+        assert f"stats/{name}.parquet" in found
 
 
 def test_second_run_does_nothing_and_forcerun_reruns_only_dependents(small_run):
@@ -47,6 +50,7 @@ def test_second_run_does_nothing_and_forcerun_reruns_only_dependents(small_run):
     assert {"gates", "routing", "expert_geometry", "clusters", "cohomology", "conjecture"} <= set(
         rerun
     )
+    assert {"compression", "compression_summary"} <= set(rerun)  # it reads HodgeCover's ranking
     assert rerun["gates"] == 2
     assert not {"inventory", "inventory_shard", "attention_diff"} & set(rerun)
 
@@ -74,6 +78,7 @@ def test_router_only_overlay_runs_every_stage(tmp_path):
     sheaf, _ = read_table(target / "results/mixtral-e4k1-h48-s1/sheaf.parquet")
     assert len(sheaf) and (sheaf.stalk_dim == 2).all()  # stalks from router rows
     assert (target / "results/report/index.html").exists()
+    assert not list((target / "results").rglob("compression*"))  # it would read experts
 
 
 def test_lint_is_clean(workdir):

@@ -1,6 +1,11 @@
 from snakemake.utils import validate
 
-from moetopo.artefacts import TOPOLOGY_ARTEFACTS
+from moetopo.artefacts import (
+    COMPRESSION_ARTEFACTS,
+    COMPRESSION_SUMMARY_ARTEFACTS,
+    TOPOLOGY_ARTEFACTS,
+)
+from moetopo.stages.compression_summary import INPUTS as COMPRESSION_SUMMARY_INPUTS
 from moetopo.geometry.sources import (
     EXPERT_WEIGHT_SOURCES,
     cohomology_reads_expert_weights,
@@ -84,6 +89,41 @@ def get_layer_cohomology(name):
     return inputs
 
 
+def compression_enabled():
+    """The compression stage runs when it has methods to evaluate (a router-only config
+    empties them: it reads no expert weights)."""
+    return bool(config["compression"]["methods"])
+
+
+def get_layer_compression(name):
+    def inputs(wildcards):
+        return expand(
+            "results/{model}/compression/{layer}/{name}.parquet",
+            model=wildcards.model,
+            layer=SHEET.moe_layers(wildcards.model),
+            name=name,
+        )
+
+    return inputs
+
+
+def get_compression_mb(wildcards):
+    """Expert cache and merges, plus the token-sized buffers: every expert's weighted output
+    on the calibration half (top_k rows a token) and a few [tokens, hidden] outputs."""
+    layout = SHEET.layout(wildcards.model)
+    moe = layout.layers[int(wildcards.layer)]
+    tokens = config["compression"]["tokens"]
+    buffers = tokens * layout.hidden_size * 8 * (moe.top_k + 8) >> 20
+    expert = SHEET.expert_mb(wildcards.model, int(wildcards.layer))
+    return 1024 + 2 * CHUNK_MB + 8 * expert + buffers
+
+
+def get_compression_runtime(wildcards):
+    return runtime_minutes(
+        4 * SHEET.layer_mb(wildcards.model, int(wildcards.layer)), base=20
+    )
+
+
 def get_cohomology_mb(wildcards):
     base = 1024 + 4 * get_router_mb(wildcards)
     if not cohomology_job_reads_expert_weights():
@@ -143,8 +183,21 @@ def get_final_outputs():
             model=SHEET.names,
             artefact=["routing", "clusters", "redundancy", *TOPOLOGY_ARTEFACTS],
         )
+        + get_compression_outputs()
         + ["results/stats/conjecture.parquet", "results/report/index.html"]
         + get_pair_outputs()
+    )
+
+
+def get_compression_outputs():
+    if not compression_enabled():
+        return []
+    return expand(
+        "results/{model}/{artefact}.parquet",
+        model=SHEET.names,
+        artefact=COMPRESSION_ARTEFACTS,
+    ) + expand(
+        "results/stats/{artefact}.parquet", artefact=COMPRESSION_SUMMARY_ARTEFACTS
     )
 
 
@@ -203,6 +256,13 @@ def get_report_inputs(wildcards):
         inputs[table] = expand(
             f"results/pairs/{{pair}}/{table}.parquet", pair=PAIRS.ids
         )
+    if compression_enabled():
+        for table in COMPRESSION_ARTEFACTS:
+            inputs[table] = expand(
+                f"results/{{model}}/{table}.parquet", model=SHEET.names
+            )
+        for table in COMPRESSION_SUMMARY_ARTEFACTS:
+            inputs[table] = f"results/stats/{table}.parquet"
     inputs["stats_models"] = "results/stats/models.parquet"
     inputs["conjecture"] = "results/stats/conjecture.parquet"
     if PAIRS.ids:

@@ -1,15 +1,22 @@
 from pathlib import Path
 
 from moetopo.report.build import write_report
-from moetopo.report.data import MODEL_TABLES, PAIR_TABLES, load_report
+from moetopo.report.data import (
+    COMPRESSION_STUDY,
+    MODEL_TABLES,
+    OPTIONAL_MODEL_TABLES,
+    PAIR_TABLES,
+    load_report,
+)
 from moetopo.stages import run
 
-STUDY = ("stats_models", "conjecture", "pairs_summary")
+STUDY = ("stats_models", "conjecture", "pairs_summary", *COMPRESSION_STUDY)
 
 
 def main(snakemake):
     p, given = snakemake.params, snakemake.input
     model_keys = ("summary", *MODEL_TABLES)
+    model_keys += tuple(t for t in OPTIONAL_MODEL_TABLES if hasattr(given, t))
     models = [
         (name, path, {k: getattr(given, k)[i] for k in model_keys})
         for i, (name, path) in enumerate(zip(p.models, p.paths, strict=True))

@@ -13,9 +13,19 @@ from moetopo.artefacts.parquet import (
     write_json,
     write_table,
 )
-from moetopo.artefacts.registry import SCHEMAS, SORT_KEYS, TOPOLOGY_ARTEFACTS, columns, schema
+from moetopo.artefacts.registry import (
+    COMPRESSION_ARTEFACTS,
+    COMPRESSION_SUMMARY_ARTEFACTS,
+    SCHEMAS,
+    SORT_KEYS,
+    TOPOLOGY_ARTEFACTS,
+    columns,
+    schema,
+)
 
 __all__ = [
+    "COMPRESSION_ARTEFACTS",
+    "COMPRESSION_SUMMARY_ARTEFACTS",
     "META_KEY",
     "SCHEMAS",
     "SORT_KEYS",

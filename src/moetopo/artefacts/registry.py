@@ -207,6 +207,62 @@ SCHEMAS: dict[str, list[tuple[str, pa.DataType]]] = {
         ("barrier_inputs", STR),
     ],
     "layer_summary": [("layer", I64), ("source", STR), ("metric", STR), ("value", F64)],
+    "compression": [
+        ("layer", I64),
+        ("fraction", F64),
+        ("method", STR),
+        ("draw", I64),
+        ("keep", I64),
+        ("keep_fraction", F64),
+        ("n_experts", I64),
+        ("metric", STR),
+        ("value", F64),
+        ("inputs", STR),
+    ],
+    "compression_selections": [
+        ("layer", I64),
+        ("method", STR),
+        ("draw", I64),
+        ("keep", I64),
+        ("expert", I64),
+        ("kept", BOOL),
+        ("target", I64),
+        ("merged", BOOL),
+        ("load", F64),
+    ],
+    "compression_methods": [
+        ("fraction", F64),
+        ("method", STR),
+        ("mean_error", F64),
+        ("median_error", F64),
+        ("n_layers", I64),
+        ("wins", I64),
+        ("best", BOOL),
+    ],
+    "compression_layers": [
+        ("model", STR),
+        ("layer", I64),
+        ("fraction", F64),
+        ("cost", F64),
+        ("cost_method", STR),
+        ("source", STR),
+        ("harmonic_fraction", F64),
+        ("h1_significant", F64),
+        ("redundancy", F64),
+    ],
+    "compression_topology": [
+        ("figure", STR),
+        ("source", STR),
+        ("fraction", F64),
+        ("statistic", STR),
+        ("estimate", F64),
+        ("ci_low", F64),
+        ("ci_high", F64),
+        ("p_value", F64),
+        ("n_layers", I64),
+        ("n_models", I64),
+        ("reason", STR),
+    ],
     "stats_models": [
         ("model", STR),
         ("source", STR),
@@ -286,6 +342,11 @@ SORT_KEYS: dict[str, list[str]] = {
     "hodge_edges": ["layer", "source", "quantile", "rank"],
     "hodgecover": ["layer", "method", "keep", "expert"],
     "layer_summary": ["layer", "source", "metric"],
+    "compression": ["layer", "fraction", "method", "draw", "metric"],
+    "compression_selections": ["layer", "method", "keep", "draw", "expert"],
+    "compression_methods": ["fraction", "method"],
+    "compression_layers": ["model", "layer"],
+    "compression_topology": ["figure"],
     "stats_models": ["model", "source", "metric"],
     "stats_layers": ["model", "layer", "source", "metric"],
     "conjecture": ["level", "metric", "source", "statistic"],
@@ -293,6 +354,14 @@ SORT_KEYS: dict[str, list[str]] = {
 }
 # The per-layer artefacts of the cohomology stage, gathered per model.
 TOPOLOGY_ARTEFACTS = ("persistence", "sheaf", "hodge", "hodge_edges", "hodgecover", "layer_summary")
+# The per-layer artefacts of the compression stage, gathered per model.
+COMPRESSION_ARTEFACTS = ("compression", "compression_selections")
+# The compression summary over all models (results/stats/).
+COMPRESSION_SUMMARY_ARTEFACTS = (
+    "compression_methods",
+    "compression_layers",
+    "compression_topology",
+)
 
 
 def schema(name: str) -> pa.Schema:

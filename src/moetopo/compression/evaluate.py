@@ -66,12 +66,20 @@ class CompressionParams:
     neighbours: int = 8
     max_triangles: int = 500
     seed: int = 0
+    tokens: int = 4096  # a layer's input tokens: the first half calibrates, the rest measures
+
+
+def budget(n_experts: int, top_k: int, fraction: float) -> int | None:
+    """Experts kept at ``fraction``: rounded, at least top_k, at most all but one (None
+    where no budget fits: a layer with top_k = n_experts cannot lose an expert)."""
+    keep = min(max(int(round(fraction * n_experts)), top_k), n_experts - 1)
+    return keep if keep >= top_k else None
 
 
 def budgets(n_experts: int, top_k: int, fractions) -> list[int]:
-    """Experts kept at each fraction: rounded, at least top_k, at most all but one."""
-    keep = {min(max(int(round(f * n_experts)), top_k), n_experts - 1) for f in fractions}
-    return sorted(k for k in keep if k >= top_k)
+    """The distinct budgets of ``fractions``, smallest first."""
+    keep = {budget(n_experts, top_k, f) for f in fractions}
+    return sorted(k for k in keep if k is not None)
 
 
 def evaluate_layer(
@@ -92,21 +100,27 @@ def evaluate_layer(
     full = block.route(held_out)
     reference = block.output(held_out, full.experts, full.weights)
     plans = _plans(block, barrier, routed, load, params, hodgecover)
-    rows, chosen = [], []
-    for keep in budgets(n, block.rule.top_k, params.keep_fractions):
-        for method, draw, reduction in _reductions(plans, keep, block, barrier, load):
-            reduced, changed = reduced_output(block, held_out, reduction, full)
-            result = compare(reference, reduced, changed)
-            for metric in METRICS:
-                rows.append((method, draw, keep, metric, getattr(result, metric)))
-            chosen.append(_selection(method, draw, keep, reduction))
-    table = pd.DataFrame(rows, columns=["method", "draw", "keep", "metric", "value"])
+    rows, chosen, measured = [], [], {}
+    for fraction in params.keep_fractions:
+        keep = budget(n, block.rule.top_k, fraction)
+        if keep is None:
+            continue
+        if keep not in measured:  # two fractions may round to one budget
+            measured[keep] = []
+            for method, draw, reduction in _reductions(plans, keep, block, barrier, load):
+                reduced, changed = reduced_output(block, held_out, reduction, full)
+                result = compare(reference, reduced, changed)
+                measured[keep] += [(method, draw, m, getattr(result, m)) for m in METRICS]
+                chosen.append(_selection(method, draw, keep, reduction))
+        rows += [(fraction, method, draw, keep, m, v) for method, draw, m, v in measured[keep]]
+    table = pd.DataFrame(rows, columns=["fraction", "method", "draw", "keep", "metric", "value"])
     return LayerCompression(table, pd.concat(chosen, ignore_index=True), load)
 
 
 @dataclass(frozen=True)
 class LayerCompression:
-    """A layer's evaluation: ``table`` (method, draw, keep, metric, value), ``selections``
+    """A layer's evaluation: ``table`` (fraction, method, draw, keep, metric, value: the
+    configured fraction and the budget it gave), ``selections``
     (method, draw, keep, expert, kept, target, merged: which expert serves each expert's
     traffic, -1 where a dropped expert's tokens are routed again) and the calibration
     ``load`` (tokens per expert)."""

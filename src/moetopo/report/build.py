@@ -11,6 +11,7 @@ from pathlib import Path
 
 from moetopo import __version__
 from moetopo.report import fmt
+from moetopo.report.compression import compression_blocks, merge_cost
 from moetopo.report.conjecture import conjecture_blocks
 from moetopo.report.data import ReportData
 from moetopo.report.doc import Block, Bullets, Details, Figure, Heading, Para, Table
@@ -35,7 +36,7 @@ FIGURE_KINDS = (
     "hodge",
     "sheaf",
 )
-FIGURE_KINDS += ("scaffold", "change")
+FIGURE_KINDS += ("scaffold", "change", "compression")
 EXPORTED_TABLES = (
     "models-summary",
     "findings-models",
@@ -43,6 +44,8 @@ EXPORTED_TABLES = (
     "conjecture-model",
     "conjecture-layer",
     "pairs-summary",
+    "compression-methods",
+    "compression-topology",
 )
 
 
@@ -51,11 +54,14 @@ def findings_blocks(data: ReportData) -> list[Block]:
     blocks += [Para(p, "verdict") for p in conjecture_verdict(data)]
     blocks += [Bullets(conjecture_caveats(data))] if len(data.conjecture) else []
     rows = [[m.name, *model_findings(m, data)] for m in data.models]
+    costs = [merge_cost(m, data) for m in data.models]
+    if any(costs):  # the measured cost replaces the distance-threshold headline
+        rows = [[row[0], cost or row[1], *row[2:]] for row, cost in zip(rows, costs, strict=True)]
     blocks.append(
         Table(
             [
                 "model",
-                "redundancy",
+                "cost of removing experts" if any(costs) else "redundancy",
                 "loops and harmonic flow",
                 "HodgeCover",
                 "inputs and routing probe",
@@ -88,6 +94,7 @@ def build(data: ReportData) -> list[Block]:
         Heading(1, "moetopo report"),
         Para(intro),
         *findings_blocks(data),
+        *compression_blocks(data),
         *models_blocks(data),
         *pairs_blocks(data),
         *conjecture_blocks(data),

@@ -25,6 +25,9 @@ MODEL_TABLES = (
     "routing_agreement",
 )
 PAIR_TABLES = ("scaffold", "crossref")
+# Present where the run evaluated compression (a router-only run does not).
+OPTIONAL_MODEL_TABLES = ("compression",)
+COMPRESSION_STUDY = ("compression_methods", "compression_layers", "compression_topology")
 
 
 @dataclass(frozen=True)
@@ -63,12 +66,15 @@ class ReportData:
     pairs_summary: pd.DataFrame | None
     config: dict
     settings: dict = field(default_factory=dict)  # config["report"] with defaults
+    compression: dict[str, pd.DataFrame] = field(default_factory=dict)  # COMPRESSION_STUDY
 
 
 def model_files(root: str | Path, model: str) -> dict[str, Path]:
     """Where a model's artefacts live under a results directory (the workflow's layout)."""
     base = Path(root) / model
-    return {"summary": base / "model.json"} | {t: base / f"{t}.parquet" for t in MODEL_TABLES}
+    files = {"summary": base / "model.json"} | {t: base / f"{t}.parquet" for t in MODEL_TABLES}
+    optional = {t: base / f"{t}.parquet" for t in OPTIONAL_MODEL_TABLES}
+    return files | {t: path for t, path in optional.items() if path.exists()}
 
 
 def pair_files(root: str | Path, pair: str) -> dict[str, Path]:
@@ -84,13 +90,16 @@ def study_files(root: str | Path, with_pairs: bool) -> dict[str, Path]:
     }
     if with_pairs:
         files["pairs_summary"] = root / "pairs" / "summary.parquet"
+    for table in COMPRESSION_STUDY:
+        if (root / "stats" / f"{table}.parquet").exists():
+            files[table] = root / "stats" / f"{table}.parquet"
     return files
 
 
 def load_model(name: str, path: str, files: Mapping[str, str | Path]) -> ModelData:
     summary = json.loads(Path(files["summary"]).read_text())
     tables, versions, warnings = {}, {}, list(summary.get("warnings", []))
-    for table in MODEL_TABLES:
+    for table in (*MODEL_TABLES, *(t for t in OPTIONAL_MODEL_TABLES if t in files)):
         frame, meta = read_table(files[table])
         tables[table] = frame
         versions[table] = meta.get("version", "")
@@ -130,6 +139,7 @@ def load_report(
         pairs_summary=summary,
         config=config,
         settings=report_settings(config),
+        compression={t: read_table(study[t])[0] for t in COMPRESSION_STUDY if t in study},
     )
 
 
