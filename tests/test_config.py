@@ -15,6 +15,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from moetopo.compression.evaluate import CompressionParams
 from moetopo.diff.rows import RowMeasure
 from moetopo.errors import MoetopoError
 from moetopo.geometry.sources import SOURCES
@@ -100,6 +101,10 @@ CODE_DEFAULTS = [
     (crossref_table, "crossref", "min_redundancy"),
     *((pairs_summary, "pairs_summary", key) for key in (
         "depth_bins", "confidence_level", "n_resamples", "seed",
+    )),
+    *((CompressionParams, "compression", key) for key in (
+        "methods", "keep_fractions", "tokens", "random_draws", "neighbours", "max_triangles",
+        "seed",
     )),
 ]  # fmt: skip
 
