@@ -144,3 +144,20 @@ def test_too_few_models_is_inconclusive_not_a_number():
     found = association(rows, n_resamples=99)
     assert found.estimate.isna().all()
     assert found.reason.str.contains("only 2 models").all()
+
+
+def test_a_fine_tune_resamples_with_its_base():
+    rng = np.random.default_rng(4)
+    rows = pd.DataFrame(
+        {
+            "model": np.repeat([f"m{k}" for k in range(6)], 2),
+            "layer": np.tile([0, 1], 6),
+            "harmonic_fraction": rng.uniform(size=12),
+            "h1_significant": rng.uniform(size=12),
+            "redundancy": rng.uniform(size=12),
+            "cost": rng.uniform(size=12),
+        }
+    )
+    units = rows.model.replace({"m1": "m0", "m3": "m2"})  # two fine-tunes of two bases
+    found = association(rows.assign(unit=units), n_resamples=99)
+    assert (found.n_models == 4).all()

@@ -65,6 +65,7 @@ rule compression_summary:
         runtime=15,
     params:
         models=SHEET.names,
+        clusters=PAIRS.clusters(),
         source=config["cohomology"]["hodge_signal"],
         threshold_spec=config["report"]["threshold_spec"],
         keep_fractions=config["compression"]["keep_fractions"],

@@ -11,7 +11,7 @@ def main(snakemake):
     }
     settings = {k: p[k] for k in ("source", "threshold_spec", "confidence_level", "n_resamples")}
     settings |= {"keep_fractions": list(p.keep_fractions), "seed": p.seed}
-    tables = compression_summary(models, **settings)
+    tables = compression_summary(models, clusters=dict(p.clusters), **settings)
     for name, table in tables.items():
         write_table(table, snakemake.output[name], name, params=settings)
 

@@ -49,12 +49,14 @@ def compression_summary(
     source: str,
     threshold_spec: str,
     keep_fractions,
+    clusters: Mapping[str, str] | None = None,
     confidence_level: float = 0.95,
     n_resamples: int = 9999,
     seed: int = 0,
 ) -> dict[str, pd.DataFrame]:
     """``compression_methods``, ``compression_layers`` and ``compression_topology`` from
-    each model's tables (compression, hodge, hodgecover, layer_summary, redundancy)."""
+    each model's tables (compression, hodge, hodgecover, layer_summary, redundancy);
+    ``clusters`` maps a fine-tune to its base, with which it is one unit of evidence."""
     compression = pd.concat(
         [t["compression"].assign(model=name) for name, t in models.items()], ignore_index=True
     )
@@ -68,8 +70,13 @@ def compression_summary(
     )
     layers = layer_costs(compression, fraction).merge(figures, on=["model", "layer"], how="left")
     layers = layers.assign(fraction=fraction, source=source)
+    clusters = clusters or {}
+    units = layers.model.map(lambda m: clusters.get(m, m))
     association = topology_association(
-        layers, confidence_level=confidence_level, n_resamples=n_resamples, seed=seed
+        layers.assign(unit=units),
+        confidence_level=confidence_level,
+        n_resamples=n_resamples,
+        seed=seed,
     ).assign(fraction=fraction, source=source)
     return {
         name: table[columns(name)].sort_values(SORT_KEYS[name], kind="stable")

@@ -88,13 +88,15 @@ def topology_association(
 ) -> pd.DataFrame:
     """Spearman rank correlation, across the layers of all models, of each topology figure
     with the layer's pruning cost. The interval resamples whole models (their layers are
-    not independent); the permutation p shuffles costs across layers. Inconclusive, with
-    the reason, where too few models or a constant figure leave it undefined."""
+    not independent; a ``unit`` column, where given, groups a base with its fine-tunes);
+    the permutation p shuffles costs across layers. Inconclusive, with the reason, where
+    too few models or a constant figure leave it undefined."""
     rows = []
     for figure in TOPOLOGY_FIGURES:
         data = layers.dropna(subset=[figure, "cost"])
         x, y = data[figure].to_numpy(float), data.cost.to_numpy(float)
-        _, unit = np.unique(data.model.to_numpy(), return_inverse=True)
+        groups = data.unit if "unit" in data else data.model
+        _, unit = np.unique(groups.to_numpy(), return_inverse=True)
         n_units = int(unit.max()) + 1 if unit.size else 0
         problem = _too_few(n_units, min_models, floor=3, unit="models") or _constant(
             (x, figure), (y, "cost")
