@@ -11,7 +11,7 @@ from moetopo.checkpoint.model import open_model
 from moetopo.checkpoint.probes import first_norm, normalised_embeddings, read_rows
 from moetopo.errors import MoetopoError
 from moetopo.fixtures import random_model, write_family
-from moetopo.routing.rule import RoutingRule, coactivation_counts, route
+from moetopo.routing.rule import RoutingRule, coactivation_counts, groups_survive, route
 from moetopo.stages.routing import routing_tables
 
 from conftest import gate_rows
@@ -224,3 +224,30 @@ def test_captured_logits_already_hold_the_router_bias(tmp_path):
     for layer, load in expected.items():
         got = routing[routing.layer == layer].sort_values("expert").load.to_numpy()
         np.testing.assert_allclose(got, load)
+
+
+def test_pruning_that_breaks_the_groups_routes_without_them_never_to_a_dropped_expert():
+    """DeepSeek-V3 keeping experts {2, 4} of 4 groups of 2: no group keeps two experts, so
+    the top-2 group score cannot be formed and the pruned model routes without groups."""
+    rule = RoutingRule("sigmoid_group_topk", top_k=2, n_group=4, topk_group=2)
+    rule = RoutingRule(**{**vars(rule), "norm_topk_prob": True, "routed_scaling_factor": 2.5})
+    logits = np.random.default_rng(0).normal(size=(64, 8))
+    allowed = np.isin(np.arange(8), [2, 4])
+    routed = route(logits, rule, allowed=allowed)
+    assert set(np.unique(routed.experts)) == {2, 4}
+    np.testing.assert_allclose(routed.weights.sum(axis=1), 2.5)
+    ungrouped = RoutingRule(**{**vars(rule), "n_group": 1, "topk_group": 1})
+    again = route(logits[:, [2, 4]], ungrouped)
+    np.testing.assert_array_equal(np.array([2, 4])[again.experts], routed.experts)
+
+
+def test_pruning_that_keeps_equal_groups_keeps_the_group_limit():
+    rule = RoutingRule("sigmoid_group_topk", top_k=2, n_group=4, topk_group=1)
+    keep = np.array([0, 1, 3, 4, 6, 7, 8, 9, 10, 12, 13, 15])  # 3 of each group of 4
+    logits = np.random.default_rng(1).normal(size=(256, 16))
+    routed = route(logits, rule, allowed=np.isin(np.arange(16), keep))
+    again = route(logits[:, keep], rule)  # the pruned checkpoint, groups of 3
+    np.testing.assert_array_equal(keep[again.experts], routed.experts)
+    assert (routed.experts // 4 == routed.experts[:, :1] // 4).all()  # one group per token
+    assert groups_survive(np.isin(np.arange(16), keep), 4, True)
+    assert not groups_survive(np.isin(np.arange(16), [0, 1, 2, 4, 5, 8, 9, 12, 13]), 4, True)

@@ -108,6 +108,17 @@ def sparsemixer(z: np.ndarray, k: int, jitter_eps: float) -> tuple[np.ndarray, n
     return experts, weights
 
 
+def groups_survive(allowed: np.ndarray, n_group: int, top2: bool) -> bool:
+    """Whether a pruned checkpoint keeping ``allowed`` experts can keep group-limited routing:
+    every contiguous group keeps the same number of experts (a config has one group size),
+    at least two where the group score is its top-2 sum."""
+    allowed = np.asarray(allowed, dtype=bool)
+    if n_group <= 1 or allowed.size % n_group:
+        return n_group <= 1
+    counts = allowed.reshape(n_group, -1).sum(axis=1)
+    return bool((counts == counts[0]).all() and counts[0] >= (2 if top2 else 1))
+
+
 def route(
     logits: np.ndarray,
     rule: RoutingRule,
@@ -121,7 +132,9 @@ def route(
     experts are chosen (DeepSeek-V3's e_score_correction_bias, LFM2's expert_bias,
     Ernie's moe_statics), never the weights. ``allowed`` (bool [E]) routes as a checkpoint
     whose other experts were pruned with their router rows: they get no score (softmax
-    renormalises over the rest) and are never chosen; group routing keeps its groups.
+    renormalises over the rest) and are never chosen. Group routing keeps its groups where
+    :func:`groups_survive`, and otherwise routes without them, as such a pruned checkpoint
+    must (n_group = topk_group = 1).
     """
     z = np.asarray(logits, dtype=np.float64)
     if bias is not None:
@@ -159,10 +172,11 @@ def route(
         choice = scores + sel
         n_group, topk_group = rule.n_group or 1, rule.topk_group or 1
         greedy = name == "softmax_group_topk" and rule.topk_method == "greedy"
+        score = "top2_sum" if name.startswith("sigmoid") else "max"
+        if allowed is not None and not groups_survive(allowed, n_group, score == "top2_sum"):
+            n_group = 1  # as the pruned checkpoint must route: no groups left to limit
         if n_group > 1 and not greedy:
-            keep = _group_mask(
-                choice, n_group, topk_group, "top2_sum" if name.startswith("sigmoid") else "max"
-            )
+            keep = _group_mask(choice, n_group, topk_group, score)
             choice = np.where(keep, choice, -np.inf)  # as transformers masks other groups
         experts = top_k(choice, k)
         weights = _normalise(np.take_along_axis(scores, experts, 1), rule.norm_topk_prob)
