@@ -161,3 +161,41 @@ def test_a_fine_tune_resamples_with_its_base():
     units = rows.model.replace({"m1": "m0", "m3": "m2"})  # two fine-tunes of two bases
     found = association(rows.assign(unit=units), n_resamples=99)
     assert (found.n_models == 4).all()
+
+
+def test_three_groups_of_near_duplicates_are_the_cheapest_layer_to_merge(tmp_path):
+    """The case a distance threshold gets wrong: a layer of three groups of four
+    near-duplicates beside a layer of distinct experts. Merging each group costs almost
+    nothing, dropping the distinct experts costs much, and the summary says which."""
+    from moetopo.fixtures import random_model, write_family
+    from moetopo.fixtures.model import plant_groups
+    from moetopo.stages.compression_summary import compression_summary
+
+    tiny = random_model(n_layers=2, n_experts=12, hidden=32, intermediate=16, seed=5)
+    plant_groups(tiny.layers[0], [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]], noise=1e-4)
+    model = open_model(write_family(tiny, "mixtral", tmp_path / "m", dtype="F32"))
+    params = CompressionParams(tokens=1024, random_draws=2)
+    tables = {layer: layer_compression(model, layer, params) for layer in (0, 1)}
+    error = {
+        layer: t["compression"]
+        .query("metric == 'relative_error' and fraction == 0.25")
+        .set_index("method")
+        .value
+        for layer, t in tables.items()
+    }
+    assert error[0]["hc_smoe"] < 1e-4  # three merged experts serve their groups
+    assert error[1]["hc_smoe"] > 0.1
+    assert error[0]["frequency"] > 100 * error[0]["hc_smoe"]  # load cannot see copies
+    empty = pd.DataFrame(columns=["layer", "source", "quantile", "metric", "value"])
+    model_tables = {
+        "compression": pd.concat([t["compression"] for t in tables.values()]),
+        "hodge": empty.assign(harmonic_fraction=[]),
+        "hodgecover": empty,
+        "layer_summary": empty,
+        "redundancy": empty.assign(threshold_spec=[], redundancy=[]),
+    }
+    summary = compression_summary(
+        {"m": model_tables}, source="function", threshold_spec="r0.5", keep_fractions=(0.25,)
+    )
+    layers = summary["compression_layers"].sort_values("cost")
+    assert layers.layer.tolist() == [0, 1] and layers.cost.iloc[0] < 1e-4

@@ -249,5 +249,8 @@ def test_pruning_that_keeps_equal_groups_keeps_the_group_limit():
     again = route(logits[:, keep], rule)  # the pruned checkpoint, groups of 3
     np.testing.assert_array_equal(keep[again.experts], routed.experts)
     assert (routed.experts // 4 == routed.experts[:, :1] // 4).all()  # one group per token
-    assert groups_survive(np.isin(np.arange(16), keep), 4, True)
-    assert not groups_survive(np.isin(np.arange(16), [0, 1, 2, 4, 5, 8, 9, 12, 13]), 4, True)
+    assert groups_survive(np.isin(np.arange(16), keep), rule)
+    assert not groups_survive(np.isin(np.arange(16), [0, 1, 2, 4, 5, 8, 9, 12, 13]), rule)
+    two_each = np.isin(np.arange(16), [0, 1, 4, 5, 8, 9, 12, 13])
+    assert groups_survive(two_each, rule)
+    assert not groups_survive(two_each, RoutingRule(**{**vars(rule), "top_k": 3}))  # 1 x 2 < 3

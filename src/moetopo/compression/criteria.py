@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.cluster.hierarchy import cut_tree, linkage
 
-from moetopo.checkpoint.experts import ExpertWeights
+from moetopo.checkpoint.experts import ExpertWeights, expert_output
 from moetopo.routing.rule import Routed
 from moetopo.topology.hodgecover import load_ranking
 
@@ -53,6 +53,22 @@ def weight_statistic(weights: ExpertWeights) -> float:
 
 def weights_only_ranking(statistics: np.ndarray) -> np.ndarray:
     return load_ranking(-np.asarray(statistics, dtype=np.float64))
+
+
+def mean_outputs(block, x: np.ndarray, max_tokens: int = 256) -> np.ndarray:
+    """Each expert's mean output [E, H] over the same calibration tokens, routed to it or
+    not (HC-SMoE's similarity feature): over routed tokens only, two copies of an expert
+    that the router never picks would both look like zero and cluster with every other
+    unused expert. At most ``max_tokens`` evenly spaced tokens bound the cost (every
+    expert on every token)."""
+    step = max(1, -(-len(x) // max_tokens))
+    rows = x[::step]
+    return np.stack(
+        [
+            expert_output(block.expert(e), rows, block.activation, block.limit).mean(axis=0)
+            for e in range(block.n_experts)
+        ]
+    )
 
 
 def output_clusters(mean_outputs: np.ndarray, n_clusters: int) -> np.ndarray:

@@ -30,6 +30,7 @@ from moetopo.compression.block import (
     reduced_output,
 )
 from moetopo.compression.criteria import (
+    mean_outputs,
     output_clusters,
     random_ranking,
     reap_saliency,
@@ -99,7 +100,7 @@ def evaluate_layer(
     barrier = BlockMergeBarrier(block, calibration, routed, load)
     full = block.route(held_out)
     reference = block.output(held_out, full.experts, full.weights)
-    plans = _plans(block, barrier, routed, load, params, hodgecover)
+    plans = _plans(block, calibration, barrier, routed, load, params, hodgecover)
     rows, chosen, measured = [], [], {}
     for fraction in params.keep_fractions:
         keep = budget(n, block.rule.top_k, fraction)
@@ -150,9 +151,11 @@ def _selection(method: str, draw: int, keep: int, reduction: Reduction) -> pd.Da
     )
 
 
-def _plans(block, barrier, routed, load, params, hodgecover) -> dict[str, object]:
+def _plans(block, calibration, barrier, routed, load, params, hodgecover) -> dict[str, object]:
     """Per method what fixes its choice at every budget (a ranking, or the clustering)."""
     wanted, n, plans = set(params.methods), block.n_experts, {}
+    if wanted & {"pairwise", "hodgecover_paper", "hc_smoe"}:
+        plans["_features"] = features = mean_outputs(block, calibration)
     if "frequency" in wanted:
         plans["frequency"] = load_ranking(load)
     if "random" in wanted:
@@ -168,7 +171,7 @@ def _plans(block, barrier, routed, load, params, hodgecover) -> dict[str, object
         plans["hodgecover"] = np.asarray(hodgecover, dtype=np.int64)
     if wanted & {"pairwise", "hodgecover_paper"}:
         cover = paper_hodgecover(
-            barrier, barrier.mean_outputs, saliency, load,
+            barrier, features, saliency, load,
             neighbours=params.neighbours, max_triangles=params.max_triangles, seed=params.seed,
         )  # fmt: skip
         plans["_pairs"] = cover.pair_barrier
@@ -177,7 +180,7 @@ def _plans(block, barrier, routed, load, params, hodgecover) -> dict[str, object
         if "pairwise" in wanted:
             plans["pairwise"] = pairwise_greedy_ranking(cover.pair_barrier, load)
     if "hc_smoe" in wanted:
-        plans["hc_smoe"] = barrier.mean_outputs
+        plans["hc_smoe"] = features
     return plans
 
 
@@ -191,7 +194,7 @@ def _reductions(plans, keep, block, barrier, load):
         yield "random", draw, dropped(n, ranking[:keep])
     for method in ("pairwise", "hodgecover_paper"):
         if method in plans:
-            target = redirect_targets(plans[method][:keep], plans["_pairs"], barrier.mean_outputs)
+            target = redirect_targets(plans[method][:keep], plans["_pairs"], plans["_features"])
             yield method, 0, redirected(target)
     if "hc_smoe" in plans:
         yield "hc_smoe", 0, _merged(block, output_clusters(plans["hc_smoe"], keep), load)

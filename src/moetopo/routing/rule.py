@@ -108,15 +108,21 @@ def sparsemixer(z: np.ndarray, k: int, jitter_eps: float) -> tuple[np.ndarray, n
     return experts, weights
 
 
-def groups_survive(allowed: np.ndarray, n_group: int, top2: bool) -> bool:
-    """Whether a pruned checkpoint keeping ``allowed`` experts can keep group-limited routing:
-    every contiguous group keeps the same number of experts (a config has one group size),
-    at least two where the group score is its top-2 sum."""
+def groups_survive(allowed: np.ndarray, rule: RoutingRule) -> bool:
+    """Whether a pruned checkpoint keeping ``allowed`` experts can keep ``rule``'s group-
+    limited routing: every contiguous group keeps the same number of experts (a config has
+    one group size), at least two where the group score is a top-2 sum, and the chosen
+    groups together hold top_k of them."""
     allowed = np.asarray(allowed, dtype=bool)
-    if n_group <= 1 or allowed.size % n_group:
-        return n_group <= 1
+    n_group = rule.n_group or 1
+    if n_group <= 1:
+        return True
+    if allowed.size % n_group:
+        return False
     counts = allowed.reshape(n_group, -1).sum(axis=1)
-    return bool((counts == counts[0]).all() and counts[0] >= (2 if top2 else 1))
+    need = 2 if rule.rule == "sigmoid_group_topk" else 1
+    enough = counts[0] * (rule.topk_group or 1) >= rule.top_k
+    return bool((counts == counts[0]).all() and counts[0] >= need and enough)
 
 
 def route(
@@ -172,10 +178,10 @@ def route(
         choice = scores + sel
         n_group, topk_group = rule.n_group or 1, rule.topk_group or 1
         greedy = name == "softmax_group_topk" and rule.topk_method == "greedy"
-        score = "top2_sum" if name.startswith("sigmoid") else "max"
-        if allowed is not None and not groups_survive(allowed, n_group, score == "top2_sum"):
+        if allowed is not None and not groups_survive(allowed, rule):
             n_group = 1  # as the pruned checkpoint must route: no groups left to limit
         if n_group > 1 and not greedy:
+            score = "top2_sum" if name.startswith("sigmoid") else "max"
             keep = _group_mask(choice, n_group, topk_group, score)
             choice = np.where(keep, choice, -np.inf)  # as transformers masks other groups
         experts = top_k(choice, k)
