@@ -564,3 +564,50 @@ def test_modules_import_without_torch():
         "assert 'torch' not in {m for m in sys.modules if sys.modules[m] is not None}\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_the_stage_end_to_end_loss_equals_the_exported_checkpoint(tx, tmp_path):
+    """The end-to-end stage's loss of each selection the layer-wise stage chose equals the
+    selection the export rule writes, pruned or merged into a checkpoint, loaded fresh
+    with transformers and evaluated independently."""
+    from moetopo.compression.evaluate import CompressionParams
+    from moetopo.stages.compression import layer_compression
+    from moetopo.stages.compression_end_to_end import chosen_selection, end_to_end_table
+
+    model_dir = ZOO / FAMILIES["mixtral"]
+    model = open_model(model_dir)
+    params = CompressionParams(methods=("frequency", "hc_smoe"), keep_fractions=(0.5,))
+    captured = str(model_dir / "router_logits.npz")
+    tables = [
+        layer_compression(model, L, params, captured=captured) for L in model.layout.moe_layers
+    ]
+    compression = pd.concat([t["compression"] for t in tables], ignore_index=True)
+    selections = pd.concat([t["compression_selections"] for t in tables], ignore_index=True)
+    stage = end_to_end_table(
+        model_dir, compression, selections, model="m", windows=4, text=HELDOUT
+    ).set_index("method")
+    assert (stage.keep == 4).all() and (stage.note == "").all()
+    for method in ("frequency", "hc_smoe"):
+        chosen = chosen_selection(compression, selections, method, 0.5, "m")
+        write_pruned_checkpoint(model_dir, tmp_path / method, chosen)
+        expected = independent_loss(tx, tmp_path / method)
+        np.testing.assert_allclose(stage.at[method, "loss"], expected, rtol=1e-5)
+        assert stage.at[method, "kl"] > 0
+    assert stage.full_loss.nunique() == 1
+    np.testing.assert_allclose(stage.full_loss.iloc[0], independent_loss(tx, model_dir), rtol=1e-5)
+
+
+def test_the_prune_command_writes_the_selection_and_refuses_a_bad_one(tmp_path):
+    model_dir = ZOO / FAMILIES["mixtral"]
+    chosen = tmp_path / "selection.json"
+    chosen.write_text(json.dumps(drop_selection(model_dir)))
+    command = [sys.executable, "-m", "moetopo", "prune", str(model_dir), str(chosen)]
+    done = subprocess.run([*command, str(tmp_path / "out")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert config(tmp_path / "out")["num_local_experts"] == 4
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(drop_selection(model_dir, kept=([0, 1, 2, 9], [0, 1, 2, 3]))))
+    command[-1] = str(bad)
+    done = subprocess.run([*command, str(tmp_path / "no")], capture_output=True, text=True)
+    assert done.returncode == 2 and "9" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "no").exists()

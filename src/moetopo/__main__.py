@@ -1,4 +1,5 @@
-"""Command line: ``python -m moetopo inspect MODEL`` (the pipeline itself runs under Snakemake)."""
+"""Command line: ``python -m moetopo inspect MODEL`` and ``python -m moetopo prune MODEL
+SELECTION OUT`` (the pipeline itself runs under Snakemake)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,20 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("model", help="model directory or .safetensors file")
     inspect.add_argument("--family", help="force a family instead of detecting it")
     inspect.add_argument("--json", action="store_true", help="print model.json-style JSON")
+    prune = commands.add_parser(
+        "prune", help="write the checkpoint a selection (compression_selection.json) describes"
+    )
+    prune.add_argument("model", help="model directory")
+    prune.add_argument("selection", help="a selection JSON the compression stage wrote")
+    prune.add_argument("out", help="new model directory (must not exist)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "prune":
+            from moetopo.compression.export import write_pruned_checkpoint
+
+            written = write_pruned_checkpoint(args.model, args.out, args.selection)
+            print(json.dumps(written, indent=2, default=str))
+            return 0
         summary = inspect_model(args.model, family=args.family)
     except MoetopoError as exc:
         print(f"moetopo: {exc}", file=sys.stderr)

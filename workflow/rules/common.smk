@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from snakemake.utils import validate
 
 from moetopo.artefacts import (
@@ -5,6 +7,9 @@ from moetopo.artefacts import (
     COMPRESSION_SUMMARY_ARTEFACTS,
     TOPOLOGY_ARTEFACTS,
 )
+from moetopo.compression.end_to_end import zoo_entry
+from moetopo.compression.evaluate import LAYER_KEYS as COMPRESSION_LAYER_KEYS
+from moetopo.stages.compression_end_to_end import can_run_models
 from moetopo.stages.compression_summary import INPUTS as COMPRESSION_SUMMARY_INPUTS
 from moetopo.geometry.sources import (
     EXPERT_WEIGHT_SOURCES,
@@ -107,6 +112,43 @@ def get_layer_compression(name):
     return inputs
 
 
+def get_compression_layer_params():
+    """The keys that change a layer's evaluation (not the end-to-end or export ones)."""
+    return {k: config["compression"][k] for k in COMPRESSION_LAYER_KEYS}
+
+
+def end_to_end_models():
+    """Models scored end to end: torch and transformers installed, held-out text known
+    (the zoo's own, or compression.eval_text) and small enough for a CPU."""
+    settings = config["compression"]
+    if not (compression_enabled() and settings["end_to_end"] and can_run_models()):
+        return []
+    return [
+        m
+        for m in SHEET.names
+        if (settings["eval_text"] or zoo_entry(Path(SHEET.path(m))))
+        and SHEET.layout(m).params["total_params"] <= settings["end_to_end_max_params"]
+    ]
+
+
+def get_eval_text(wildcards):
+    text = config["compression"]["eval_text"]
+    return [text] if text else []
+
+
+def get_end_to_end_mb(wildcards):
+    """The model twice in float32 (full and reduced tensors of the MoE layers) and logits."""
+    return 2048 + 3 * SHEET.layout(wildcards.model).params["total_params"] * 4 // (
+        1 << 20
+    )
+
+
+def get_end_to_end_runtime(wildcards):
+    return runtime_minutes(
+        SHEET.layout(wildcards.model).params["total_params"] * 4 >> 20, base=30
+    )
+
+
 def get_compression_mb(wildcards):
     """Expert cache and merges, plus the token-sized buffers: every expert's weighted output
     on the calibration half (top_k rows a token) and a few [tokens, hidden] outputs."""
@@ -192,12 +234,19 @@ def get_final_outputs():
 def get_compression_outputs():
     if not compression_enabled():
         return []
-    return expand(
-        "results/{model}/{artefact}.parquet",
-        model=SHEET.names,
-        artefact=COMPRESSION_ARTEFACTS,
-    ) + expand(
-        "results/stats/{artefact}.parquet", artefact=COMPRESSION_SUMMARY_ARTEFACTS
+    return (
+        expand(
+            "results/{model}/{artefact}.parquet",
+            model=SHEET.names,
+            artefact=COMPRESSION_ARTEFACTS,
+        )
+        + expand(
+            "results/stats/{artefact}.parquet", artefact=COMPRESSION_SUMMARY_ARTEFACTS
+        )
+        + expand("results/{model}/compression_selection.json", model=SHEET.names)
+        + expand(
+            "results/{model}/compression_end_to_end.parquet", model=end_to_end_models()
+        )
     )
 
 
@@ -263,11 +312,21 @@ def get_report_inputs(wildcards):
             )
         for table in COMPRESSION_SUMMARY_ARTEFACTS:
             inputs[table] = f"results/stats/{table}.parquet"
+        inputs["compression_end_to_end"] = expand(
+            "results/{model}/compression_end_to_end.parquet", model=end_to_end_models()
+        )
     inputs["stats_models"] = "results/stats/models.parquet"
     inputs["conjecture"] = "results/stats/conjecture.parquet"
     if PAIRS.ids:
         inputs["pairs_summary"] = "results/pairs/summary.parquet"
     return inputs
+
+
+def get_report_optional():
+    """Per optional per-model table, the models (in order) whose file the report reads."""
+    if not compression_enabled():
+        return {}
+    return {"compression": SHEET.names, "compression_end_to_end": end_to_end_models()}
 
 
 def get_report_mb(wildcards):

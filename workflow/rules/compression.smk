@@ -20,7 +20,7 @@ rule compression:
         runtime=get_compression_runtime,
         chunk_mb=CHUNK_MB,
     params:
-        **config["compression"],
+        **get_compression_layer_params(),
         path=get_model_path,
         family=lambda wc: SHEET.family(wc.model),
     script:
@@ -74,3 +74,47 @@ rule compression_summary:
         seed=config["conjecture"]["seed"],
     script:
         "../scripts/compression_summary.py"
+
+
+rule compression_end_to_end:
+    input:
+        inventory="results/{model}/inventory.parquet",
+        compression="results/{model}/compression.parquet",
+        selections="results/{model}/compression_selections.parquet",
+        text=get_eval_text,
+    output:
+        "results/{model}/compression_end_to_end.parquet",
+    log:
+        "logs/{model}/compression_end_to_end.log",
+    conda:
+        "../envs/moetopo.yaml"
+    threads: 2
+    resources:
+        mem_mb=get_end_to_end_mb,
+        runtime=get_end_to_end_runtime,
+    params:
+        path=get_model_path,
+        windows=config["compression"]["end_to_end_windows"],
+    script:
+        "../scripts/compression_end_to_end.py"
+
+
+rule compression_export:
+    input:
+        compression="results/{model}/compression.parquet",
+        selections="results/{model}/compression_selections.parquet",
+    output:
+        "results/{model}/compression_selection.json",
+    log:
+        "logs/{model}/compression_export.log",
+    conda:
+        "../envs/moetopo.yaml"
+    threads: 1
+    resources:
+        mem_mb=1024,
+        runtime=10,
+    params:
+        method=config["compression"]["export_method"],
+        fraction=config["compression"]["export_fraction"],
+    script:
+        "../scripts/compression_export.py"

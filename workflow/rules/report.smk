@@ -78,6 +78,13 @@ rule report:
             subcategory="Scaffold map",
             labels={"pair": "{pair}", "figure": "scaffold"},
         ),
+        compression=report(
+            directory("results/report/figures/compression"),
+            patterns=["{figure}.png"],
+            caption="../report/compression.rst",
+            category="6. Compression",
+            labels={"figure": "{figure}"},
+        ),
         change=report(
             directory("results/report/figures/change"),
             patterns=["{pair}.png"],
@@ -100,5 +107,6 @@ rule report:
         bases=[PAIRS.base(p) for p in PAIRS.ids],
         tuned=[PAIRS.tuned(p) for p in PAIRS.ids],
         config=result_params(config),
+        optional=get_report_optional(),
     script:
         "../scripts/report.py"

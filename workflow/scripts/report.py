@@ -16,9 +16,18 @@ STUDY = ("stats_models", "conjecture", "pairs_summary", *COMPRESSION_STUDY)
 def main(snakemake):
     p, given = snakemake.params, snakemake.input
     model_keys = ("summary", *MODEL_TABLES)
-    model_keys += tuple(t for t in OPTIONAL_MODEL_TABLES if hasattr(given, t))
+    optional = {  # table -> {model: file}, for the models that have it
+        t: dict(zip(p.optional[t], getattr(given, t), strict=True))
+        for t in OPTIONAL_MODEL_TABLES
+        if hasattr(given, t)
+    }
     models = [
-        (name, path, {k: getattr(given, k)[i] for k in model_keys})
+        (
+            name,
+            path,
+            {k: getattr(given, k)[i] for k in model_keys}
+            | {t: files[name] for t, files in optional.items() if name in files},
+        )
         for i, (name, path) in enumerate(zip(p.models, p.paths, strict=True))
     ]
     pairs = [

@@ -95,6 +95,9 @@ def evaluate_end_to_end(
     """
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # a bar per load floods the stage's log
 
     model_dir = Path(model_dir)
     om = open_model(model_dir)
@@ -104,7 +107,7 @@ def evaluate_end_to_end(
     if token_ids is not None and text is not None:
         raise MoetopoError("give token_ids or text, not both")
     max_len = _max_positions(om.checkpoint.config)
-    entry = _zoo_entry(model_dir)
+    entry = zoo_entry(model_dir)
     if seq_len is None:
         seq_len = int((entry or {}).get("hyperparameters", {}).get("seq_len", ZOO_SEQ_LEN))
     seq_len = min(seq_len, max_len) if max_len else seq_len
@@ -244,7 +247,8 @@ def _consecutive(ids: np.ndarray, seq_len: int) -> list[np.ndarray]:
     return rows
 
 
-def _zoo_entry(model_dir: Path) -> dict | None:
+def zoo_entry(model_dir: Path) -> dict | None:
+    """The zoo manifest's record of ``model_dir`` (a model the zoo built), else None."""
     path = model_dir.parent / "manifest.json"
     if not path.is_file():
         return None

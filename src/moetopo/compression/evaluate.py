@@ -13,6 +13,7 @@ barriers, clusters), the second half is held out and measures the reduced block.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +69,10 @@ class CompressionParams:
     max_triangles: int = 500
     seed: int = 0
     tokens: int = 4096  # a layer's input tokens: the first half calibrates, the rest measures
+
+
+# config["compression"] keys that change a layer's evaluation
+LAYER_KEYS = tuple(f.name for f in dataclasses.fields(CompressionParams))
 
 
 def budget(n_experts: int, top_k: int, fraction: float) -> int | None:

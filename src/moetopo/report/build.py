@@ -45,6 +45,7 @@ EXPORTED_TABLES = (
     "conjecture-layer",
     "pairs-summary",
     "compression-methods",
+    "compression-end-to-end",
     "compression-topology",
 )
 

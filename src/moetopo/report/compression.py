@@ -116,6 +116,81 @@ def topology_table(association: pd.DataFrame) -> Table:
     )
 
 
+def end_to_end_rows(models: list[ModelData]) -> pd.DataFrame:
+    """Every end-to-end row of every model that has them, with the loss increase."""
+    frames = [
+        m["compression_end_to_end"].assign(model=m.name)
+        for m in models
+        if "compression_end_to_end" in m.tables
+    ]
+    if not frames:
+        return pd.DataFrame()
+    rows = pd.concat(frames, ignore_index=True)
+    return rows.assign(increase=rows.loss - rows.full_loss)
+
+
+def end_to_end_blocks(models: list[ModelData]) -> list[Block]:
+    rows = end_to_end_rows(models)
+    if rows.empty:
+        return [
+            Para(
+                "End-to-end loss not measured in this run: it needs torch and transformers "
+                "(the zoo extra), held-out text (the zoo's own, or compression.eval_text) "
+                "and a model small enough to run.",
+                "note",
+            )
+        ]
+    measured = rows.dropna(subset=["kl"])
+    per_model = measured.groupby(["model", "fraction", "method"])[["kl", "increase"]].mean()
+    mean = per_model.groupby(["fraction", "method"]).mean()
+    count = per_model.groupby(["fraction", "method"]).size()
+    fractions = sorted(rows.fraction.unique())
+    table_rows = []
+    for method in [m for m in METHOD_NAMES if m in set(rows.method)]:
+        cells = [method_name(method)]
+        for f in fractions:
+            if (f, method) not in mean.index:
+                cells.append(fmt.MISSING)
+                continue
+            kl, inc = mean.loc[(f, method)]
+            cells.append(f"{fmt.fixed(kl)} (+{fmt.fixed(inc)}, {fmt.count(count[(f, method)])})")
+        table_rows.append(cells)
+    n_models = rows.model.nunique()
+    blocks: list[Block] = [
+        Para(
+            f"End to end, on {fmt.count(n_models)} model{'s' * (n_models != 1)} with the "
+            "reduction in every MoE layer at once: " + best_end_to_end(mean) + "."
+        ),
+        Table(
+            ["method", *(f"keep {f:g}" for f in fractions)],
+            table_rows,
+            anchor="compression-end-to-end",
+            caption="Mean over models of KL(full || reduced) per token (held-out loss "
+            "increase, models measured); random's draws averaged first",
+        ),
+    ]
+    refused = rows[rows.kl.isna() & (rows.note != "")]
+    if len(refused):
+        blocks.append(
+            Para(
+                f"{fmt.count(len(refused))} selection(s) not run end to end: no single "
+                f"config holds them (for example {refused.model.iloc[0]}, "
+                f"{method_name(refused.method.iloc[0])} at keep {refused.fraction.iloc[0]:g}).",
+                "note",
+            )
+        )
+    return blocks
+
+
+def best_end_to_end(mean: pd.DataFrame) -> str:
+    parts = []
+    for f in sorted({f for f, _ in mean.index}):
+        at = mean.loc[f]
+        best = at.kl.idxmin()
+        parts.append(f"keeping {f:g}, {method_name(best)} (KL {fmt.fixed(at.kl.min())})")
+    return "least KL to the full model " + "; ".join(parts)
+
+
 def winners_text(methods: pd.DataFrame) -> str:
     parts = []
     for f in sorted(methods.fraction.unique()):
@@ -179,6 +254,7 @@ def compression_blocks(data: ReportData) -> list[Block]:
             "Kept fraction against held-out relative error, mean over MoE layers",
         )
     )
+    blocks += end_to_end_blocks(models)
     association = data.compression.get("compression_topology")
     if association is not None and len(association):
         blocks.append(Para(association_text(association)))

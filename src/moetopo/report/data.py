@@ -26,7 +26,7 @@ MODEL_TABLES = (
 )
 PAIR_TABLES = ("scaffold", "crossref")
 # Present where the run evaluated compression (a router-only run does not).
-OPTIONAL_MODEL_TABLES = ("compression",)
+OPTIONAL_MODEL_TABLES = ("compression", "compression_end_to_end")
 COMPRESSION_STUDY = ("compression_methods", "compression_layers", "compression_topology")
 
 
