@@ -611,3 +611,12 @@ def test_the_prune_command_writes_the_selection_and_refuses_a_bad_one(tmp_path):
     done = subprocess.run([*command, str(tmp_path / "no")], capture_output=True, text=True)
     assert done.returncode == 2 and "9" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "no").exists()
+
+
+def test_a_group_router_left_with_one_expert_is_refused(tmp_path):
+    """transformers' DeepSeek-V3 router takes the top 2 of every group: one survivor
+    cannot be loaded, so the writer says so instead of writing a model that fails."""
+    model_dir = ZOO / FAMILIES["deepseek_v3"]
+    with pytest.raises(MoetopoError, match="at least 2"):
+        write_pruned_checkpoint(model_dir, tmp_path / "one", drop_selection(model_dir, ([3], [5])))
+    assert not (tmp_path / "one").exists()

@@ -406,6 +406,12 @@ def drop_routing(model: OpenModel, plans: Mapping[int, LayerPlan]) -> DropRoutin
     top_k = min(max(moe.top_k for moe in layout.layers.values()), k)
     routing = layout.routing
     n_group, topk_group = routing.get("n_group"), routing.get("topk_group")
+    if routing.get("rule") == "sigmoid_group_topk" and k < 2:
+        raise MoetopoError(
+            f"{root}: the selection keeps {k} expert per layer, but a DeepSeek-V3-style router "
+            "scores each group by its two best experts, so its pruned checkpoint needs at "
+            "least 2"
+        )
     if routing.get("rule") not in GROUP_RULES or not n_group or n_group <= 1:
         return DropRouting(k, top_k, n_group, topk_group)
     if routing.get("rule") == "softmax_group_topk" and routing.get("topk_method") == "greedy":
