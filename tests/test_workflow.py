@@ -84,3 +84,21 @@ def test_router_only_overlay_runs_every_stage(tmp_path):
 def test_lint_is_clean(workdir):
     result = snakemake(workdir, "--lint")
     assert "Congratulations, your workflow is in a good condition" in result.stdout + result.stderr
+
+
+def test_the_report_shows_every_compression_method_at_three_budgets(small_run):
+    """The compression section's table has a row per method and a column per budget, the
+    findings lead with the measured cost, and each model's selection is exported."""
+    from moetopo.report.compression import METHOD_NAMES
+
+    text = (small_run / "results/report/report.md").read_text()
+    assert "## Compression: what removing experts costs" in text
+    section = text.split("## Compression", 1)[1]
+    header = "| method | keep 0.25 | keep 0.5 | keep 0.75 |"
+    assert header in section
+    rows = section.split(header, 1)[1].split("\n\n", 1)[0].strip().splitlines()[1:]
+    assert sorted(r.split(" | ")[0].lstrip("| ") for r in rows) == sorted(METHOD_NAMES.values())
+    assert "cost of removing experts" in text and "Keeping 0.5 of the experts costs" in text
+    found = artefacts(small_run)
+    for model in ("mixtral-e8k2-h64-s0", "mixtral-e8k2-h64-s0-ft-prose"):
+        assert f"{model}/compression_selection.json" in found

@@ -10,7 +10,7 @@ import pandas as pd
 from moetopo.report import fmt
 from moetopo.report.data import ModelData, ReportData
 from moetopo.report.doc import Block, Figure, Heading, Para, Table
-from moetopo.report.figures import legend, panels, png
+from moetopo.report.figures import panels, png
 from moetopo.stats.pruning import TOPOLOGY_FIGURES, layer_errors
 
 METHOD_NAMES = {
@@ -35,10 +35,10 @@ def evaluated(data: ReportData) -> list[ModelData]:
 
 def frontier_figure(models: list[ModelData]) -> bytes:
     """One panel per model: kept fraction against held-out relative error (mean over MoE
-    layers), a line per method; random's band spans its draws."""
+    layers), a line per method; random's band spans its draws. Each panel has its own
+    scale: a model whose smallest budget costs 4 would flatten every other."""
     fig, axes = panels(len(models), ncols=3, size=(3.4, 2.6))
     methods = [m for m in METHOD_NAMES if any(m in set(x["compression"].method) for x in models)]
-    top = 0.0
     for ax, model in zip(axes, models, strict=True):
         table = model["compression"]
         rows = table[table.metric == "relative_error"]
@@ -50,7 +50,6 @@ def frontier_figure(models: list[ModelData]) -> bytes:
             style = "--" if method == "random" else "-"
             ax.plot(line.index, line.values, style, marker="o", ms=3, color=f"C{k}",
                     label=method_name(method))  # fmt: skip
-            top = max(top, float(line.max()))
             if method == "random":
                 draws = rows[rows.method == "random"].groupby(["fraction", "draw"]).value.mean()
                 band = draws.groupby("fraction").agg(["min", "max"])
@@ -59,12 +58,12 @@ def frontier_figure(models: list[ModelData]) -> bytes:
         ax.set_title(f"{model.name}\n({inputs} inputs)", fontsize=8)
         ax.set_xlabel("kept fraction of experts", fontsize=8)
         ax.set_ylabel("relative error (held out)", fontsize=8)
+        ax.set_ylim(bottom=0)
         ax.tick_params(labelsize=7)
-    for ax in axes:
-        ax.set_ylim(0, max(top * 1.08, 0.05))
     if axes:
-        legend(fig, axes[0])
-        fig.subplots_adjust(top=1 - 1.3 / fig.get_figheight())
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="upper center", ncol=3, fontsize=8, frameon=False)
+        fig.subplots_adjust(top=1 - 1.2 / fig.get_figheight())
     return png(fig)
 
 
@@ -207,16 +206,18 @@ def winners_text(methods: pd.DataFrame) -> str:
 def association_text(association: pd.DataFrame) -> str:
     if association.empty:
         return ""
-    found = association[
-        np.isfinite(association.ci_low) & ((association.ci_low > 0) | (association.ci_high < 0))
-    ]
+    excludes = (association.ci_low > 0) | (association.ci_high < 0)
+    # both the interval and the permutation test, Bonferroni over the figures tested
+    agrees = association.p_value * len(association) <= 0.05
+    found = association[np.isfinite(association.ci_low) & excludes & agrees]
     n = fmt.count(association.n_models.max())
     if found.empty:
         undefined = association[~np.isfinite(association.estimate)]
         tail = f" ({undefined.reason.iloc[0]})" if len(undefined) == len(association) else ""
         return (
-            f"No per-layer topological figure predicts pruning cost across {n} models: "
-            f"every 95% interval contains 0{tail}."
+            f"No per-layer topological figure predicts pruning cost across {n} models: no "
+            "95% interval excludes 0 with a permutation p below 0.05 over the "
+            f"{len(association)} figures tested{tail}."
         )
     parts = [
         f"{TOPOLOGY_FIGURES[r.figure]} (ρ = {fmt.fixed(r.estimate)}, "
@@ -224,8 +225,8 @@ def association_text(association: pd.DataFrame) -> str:
         for r in found.itertuples()
     ]
     return (
-        f"Across {n} models, a layer's pruning cost moves with {'; '.join(parts)}; "
-        "unadjusted for the three figures tested."
+        f"Across {n} models, a layer's pruning cost moves with {'; '.join(parts)} "
+        f"(interval and permutation p, Bonferroni over the {len(association)} figures)."
     )
 
 
