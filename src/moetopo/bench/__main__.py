@@ -1,11 +1,11 @@
-"""``python -m moetopo.bench {gates,geometry,topology,diff,scale} [options]``."""
+"""``python -m moetopo.bench {gates,geometry,topology,diff,scale,compression} [options]``."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHES = ("gates", "geometry", "topology", "diff", "scale")
+BENCHES = ("gates", "geometry", "topology", "diff", "scale", "compression")
 
 
 def main(argv: list[str]) -> int:
