@@ -30,7 +30,6 @@ class BlockMergeBarrier:
         self.outputs = {}  # expert -> f_e(x) on its tokens
         self.output_norm = {}  # expert -> ||f_e(x)|| on its tokens
         total = np.zeros(x.shape, dtype=np.float64)
-        means = []
         for e in range(block.n_experts):
             hit = full.experts == e
             tokens = np.flatnonzero(hit.any(axis=1))
@@ -39,12 +38,8 @@ class BlockMergeBarrier:
             self.gate[e] = (tokens, gate)
             self.outputs[e] = f
             self.output_norm[e] = np.linalg.norm(f, axis=1)
-            contribution = self.contribution(e)
-            total[tokens] += contribution
-            means.append(contribution.sum(axis=0) / max(gate.sum(), 1e-30))
+            total[tokens] += self.contribution(e)
         self.scale = float(np.sum(total**2))
-        # gate-weighted mean output of each expert (zero for an unused one)
-        self.mean_outputs = np.stack(means)
         self.cache: dict[tuple[int, ...], float] = {}
 
     def contribution(self, e: int) -> np.ndarray:
