@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,14 +30,30 @@ SMALL_PAIR = ("mixtral-e8k2-h64-s0", "mixtral-e8k2-h64-s0-ft-prose")
 
 
 def snakemake(
-    workdir: Path, *args: str, check: bool = True, **kwargs
+    workdir: Path, *args: str, check: bool = True, timeout: float = 1800, **kwargs
 ) -> subprocess.CompletedProcess:
-    """Run the repository's workflow with ``workdir`` as its working directory."""
+    """Run the repository's workflow with ``workdir`` as its working directory.
+
+    Past ``timeout`` seconds the whole process group is killed and the test fails: a job
+    left running (a SLURM step, a script) would otherwise hold the output pipes open and
+    the wait would never end."""
     command = [
         sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE),
         "--directory", str(workdir), *args,
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, **kwargs,
+    ) as process:  # fmt: skip
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            raise AssertionError(
+                f"snakemake {' '.join(args)} still running after {timeout} s:\n{stdout}\n{stderr}"
+            ) from None
+    result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     if check and result.returncode != 0:
         raise AssertionError(
             f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"

@@ -165,8 +165,8 @@ def test_selection_from_evaluate_layer_gives_the_same_model_both_ways(tx, tmp_pa
     """The real flow on Mixtral: evaluate_layer per layer, the JSON of HC-SMoE at half the
     experts, then the merged checkpoint and the in-memory model agree."""
     from moetopo.checkpoint.probes import layer_inputs
-    from moetopo.compression.end_to_end import evaluate_end_to_end
     from moetopo.compression.evaluate import CompressionParams, evaluate_layer
+    from moetopo.end_to_end import evaluate_end_to_end
 
     model_dir = ZOO / FAMILIES["mixtral"]
     model = open_model(model_dir)
@@ -196,7 +196,7 @@ def test_selection_from_evaluate_layer_gives_the_same_model_both_ways(tx, tmp_pa
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_end_to_end_loss_equals_written_checkpoint(tx, tmp_path, family):
-    from moetopo.compression.end_to_end import evaluate_end_to_end
+    from moetopo.end_to_end import evaluate_end_to_end
 
     model_dir = ZOO / FAMILIES[family]
     for kind, selection in (("drop", drop_selection(model_dir)), ("map", map_selection(model_dir))):
@@ -213,7 +213,7 @@ def test_end_to_end_loss_equals_written_checkpoint(tx, tmp_path, family):
 def test_reductions_and_json_give_identical_models(tx, tmp_path):
     """A {layer: Reduction} (merges computed as evaluate does) and the JSON form of the same
     selection give bit-identical checkpoints and the same end-to-end numbers."""
-    from moetopo.compression.end_to_end import evaluate_end_to_end
+    from moetopo.end_to_end import evaluate_end_to_end
 
     model_dir = ZOO / FAMILIES["olmoe"]
     model = open_model(model_dir)
@@ -242,7 +242,7 @@ def test_reductions_and_json_give_identical_models(tx, tmp_path):
 def test_full_model_reproduces_the_zoo_score(tx):
     """No reduction on the zoo's own held-out windows: the score in manifest.json and
     config/models.tsv (rounded there to 6 decimals), KL 0."""
-    from moetopo.compression.end_to_end import evaluate_end_to_end
+    from moetopo.end_to_end import evaluate_end_to_end
 
     sheet = pd.read_csv(REPO / "config" / "models.tsv", sep="\t").set_index("model")
     for family in ("mixtral", "deepseek_v3"):
@@ -266,7 +266,7 @@ def test_fused_checkpoint_is_sliced_along_the_expert_axis(tx, tmp_path):
     layout = open_model(fused).layout
     gate_up = layout.layers[0].experts["expert_gate_up"]
     assert gate_up.fused == "model.layers.0.mlp.experts.gate_up_proj"
-    from moetopo.compression.end_to_end import evaluate_end_to_end
+    from moetopo.end_to_end import evaluate_end_to_end
 
     for kind, selection in (("drop", drop_selection(source)), ("map", map_selection(source))):
         write_pruned_checkpoint(fused, tmp_path / kind, selection)
@@ -461,7 +461,7 @@ def _masked_v3(logits, bias, kept, top_k, n_group, topk_group):
 
 
 def test_group_collapse_end_to_end(tx, tmp_path):
-    from moetopo.compression.end_to_end import evaluate_end_to_end
+    from moetopo.end_to_end import evaluate_end_to_end
 
     model_dir = ZOO / FAMILIES["deepseek_v3"]
     selection = drop_selection(model_dir, kept=([4, 5, 6, 7], [0, 1, 2, 3]))
@@ -560,7 +560,7 @@ def test_interrupted_write_leaves_no_output(tmp_path, monkeypatch):
 def test_modules_import_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
-        "import moetopo.compression.export, moetopo.compression.end_to_end\n"
+        "import moetopo.compression.export, moetopo.end_to_end\n"
         "assert 'torch' not in {m for m in sys.modules if sys.modules[m] is not None}\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
@@ -571,6 +571,7 @@ def test_the_stage_end_to_end_loss_equals_the_exported_checkpoint(tx, tmp_path):
     selection the export rule writes, pruned or merged into a checkpoint, loaded fresh
     with transformers and evaluated independently."""
     from moetopo.compression.evaluate import CompressionParams
+    from moetopo.end_to_end import evaluate_end_to_end
     from moetopo.stages.compression import layer_compression
     from moetopo.stages.compression_end_to_end import chosen_selection, end_to_end_table
 
@@ -584,7 +585,13 @@ def test_the_stage_end_to_end_loss_equals_the_exported_checkpoint(tx, tmp_path):
     compression = pd.concat([t["compression"] for t in tables], ignore_index=True)
     selections = pd.concat([t["compression_selections"] for t in tables], ignore_index=True)
     stage = end_to_end_table(
-        model_dir, compression, selections, model="m", windows=4, text=HELDOUT
+        model_dir,
+        compression,
+        selections,
+        model="m",
+        windows=4,
+        text=HELDOUT,
+        evaluate=evaluate_end_to_end,
     ).set_index("method")
     assert (stage.keep == 4).all() and (stage.note == "").all()
     for method in ("frequency", "hc_smoe"):

@@ -22,13 +22,15 @@ LAYERS = [
     ("methods", {"compression"}),  # built on routing and topology together
     ("artefacts", {"artefacts"}),
     ("stages", {"stages", "report", "pipeline"}),
-    ("tools", {"inspect", "capture", "bench", "zoo", "fixtures", "__main__"}),
+    ("tools", {"inspect", "capture", "end_to_end", "bench", "zoo", "fixtures", "__main__"}),
 ]
 RANK = {package: rank for rank, (_, packages) in enumerate(LAYERS) for package in packages}
 # Within a layer, packages stay independent of each other; these edges are the exceptions.
 SIDEWAYS = {
     ("base", "families", "errors"),
     ("tools", "zoo", "capture"),
+    ("tools", "end_to_end", "capture"),  # the model's own tokenizer
+    ("tools", "end_to_end", "zoo"),  # the zoo's held-out windows
     ("tools", "bench", "fixtures"),
     ("tools", "__main__", "inspect"),
 }

@@ -28,8 +28,10 @@ KEY="$DIR/munge/munge.key"
 [ -f "$KEY" ] || dd if=/dev/urandom of="$KEY" bs=1 count=1024 status=none
 chmod 600 "$KEY"
 SOCKET="$DIR/munge/munge.socket"
-if ! [ -S "$SOCKET" ]; then
-  munged --key-file="$KEY" --socket="$SOCKET" --pid-file="$DIR/run/munged.pid" \
+PIDFILE="$DIR/run/munged.pid"
+if ! { [ -S "$SOCKET" ] && [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }; then
+  rm -f "$SOCKET"*  # left by a munged that is gone (a rebooted machine)
+  munged --key-file="$KEY" --socket="$SOCKET" --pid-file="$PIDFILE" \
     --log-file="$DIR/log/munged.log" --seed-file="$DIR/munge/munge.seed" --force
 fi
 

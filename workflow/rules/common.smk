@@ -7,7 +7,7 @@ from moetopo.artefacts import (
     COMPRESSION_SUMMARY_ARTEFACTS,
     TOPOLOGY_ARTEFACTS,
 )
-from moetopo.compression.end_to_end import zoo_entry
+from moetopo.end_to_end import zoo_entry
 from moetopo.compression.evaluate import LAYER_KEYS as COMPRESSION_LAYER_KEYS
 from moetopo.stages.compression_end_to_end import can_run_models
 from moetopo.stages.compression_summary import INPUTS as COMPRESSION_SUMMARY_INPUTS

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 from moetopo.artefacts import read_table, write_table
+from moetopo.end_to_end import evaluate_end_to_end
 from moetopo.stages import run
 from moetopo.stages.compression_end_to_end import end_to_end_table
 
@@ -14,6 +15,7 @@ def main(snakemake):
         read_table(snakemake.input.selections)[0],
         model=snakemake.wildcards.model,
         windows=int(p.windows),
+        evaluate=evaluate_end_to_end,
         text=text,
     )
     data = sorted(set(table.data) - {""})

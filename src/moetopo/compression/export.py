@@ -9,7 +9,7 @@ and, for the methods that redirect traffic instead of routing it again, the redi
 tensor names, streaming tensor by tensor (no shard is ever held in memory: each output
 tensor is copied by exact byte ranges, sliced along the expert axis where it stacks all
 experts). :func:`layer_plans` and :func:`merged_weights` are shared with
-:mod:`moetopo.compression.end_to_end`, so the model evaluated in memory and the checkpoint
+:mod:`moetopo.end_to_end`, so the model evaluated in memory and the checkpoint
 written here are the same model.
 """
 

@@ -5,7 +5,9 @@ model (transformers, where the model can be run), and the export of one selectio
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,12 +49,14 @@ def end_to_end_table(
     *,
     model: str,
     windows: int,
+    evaluate: Callable[..., Any],
     text: str | None = None,
 ) -> pd.DataFrame:
     """Per configured fraction, method and draw: the reduced model's held-out loss, the
-    full model's on the same tokens, KL(full || reduced), or why it was not measured."""
-    from moetopo.compression.end_to_end import evaluate_end_to_end
+    full model's on the same tokens, KL(full || reduced), or why it was not measured.
 
+    ``evaluate``: :func:`moetopo.end_to_end.evaluate_end_to_end`, passed in because it runs
+    the model (torch, a tool) and stages sit below the tools."""
     rows = []
     combos = compression[["fraction", "method", "draw"]].drop_duplicates()
     budgets = budgets_by_fraction(compression)
@@ -64,7 +68,7 @@ def end_to_end_table(
             chosen = selection_json(
                 selections, method=method, keep=budgets[fraction], draw=draw, model=model
             )
-            result = evaluate_end_to_end(model_dir, chosen, text=text, windows=windows)
+            result = evaluate(model_dir, chosen, text=text, windows=windows)
             row |= {
                 "loss": result.loss,
                 "full_loss": result.full_loss,
