@@ -23,10 +23,12 @@ def slurm_cluster():
         pytest.skip("the slurm extra is not installed (pip install -e '.[slurm]')")
     if shutil.which("slurmctld") is None and os.geteuid() != 0:
         pytest.skip("SLURM is not installed and installing it needs root")
-    started = subprocess.run(["bash", SCRIPTS / "start.sh"], capture_output=True, text=True)
+    started = subprocess.run(
+        ["bash", SCRIPTS / "start.sh"], capture_output=True, text=True, timeout=900
+    )  # apt-get may run first when SLURM is absent
     assert started.returncode == 0, f"could not start SLURM:\n{started.stderr}"
     yield started.stdout.strip()
-    subprocess.run(["bash", SCRIPTS / "stop.sh"], capture_output=True)
+    subprocess.run(["bash", SCRIPTS / "stop.sh"], capture_output=True, timeout=120)
 
 
 def test_slurm_run_equals_local_run(slurm_cluster, small_run, tmp_path):
