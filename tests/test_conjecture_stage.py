@@ -104,3 +104,59 @@ def test_a_second_monte_carlo_seed_gives_the_same_verdicts():
     assert runs[0].verdict.tolist() == runs[1].verdict.tolist()
     regression = runs[0][runs[0].statistic == "regression"].iloc[0]
     assert regression.verdict == "supported"  # the planted slope, found once steps enter
+
+
+def test_every_score_is_tested_the_primary_one_declared_and_all_counted_in_the_adjustment():
+    """A second score (the gap, lower is better) gets its own rows; only the primary
+    score's declared test is primary; Benjamini-Hochberg counts the tests of both."""
+    from scipy.stats import false_discovery_control
+
+    from moetopo.stages.conjecture import conjecture_rows_by_score
+
+    models = planted_models(n=14, seed=8)
+    gap = models.assign(score=0.1 + 0.01 * models.h1_total)  # more H1, larger gap: worse
+    options = dict(confidence_level=0.95, n_resamples=199, seed=0, min_models=5)
+    primary = {"metric": "h1_count_per_active_param", "source": "router_l1"}
+    primary |= {"statistic": "regression"}
+    primary["level"] = "model"
+    by_score = {
+        "score": (models, layer_frame(models), False),
+        "gap": (gap, layer_frame(gap), False),
+    }
+    table = conjecture_rows_by_score(by_score, primary_score="gap", primary=primary, **options)
+    assert set(table.score) == {"score", "gap"}
+    assert len(table[table.score == "gap"]) == len(table[table.score == "score"])
+    chosen = table[table.primary]
+    assert len(chosen) == 1 and chosen.iloc[0].score == "gap"
+    assert chosen.iloc[0].statistic == "regression"
+    # the gap grows with H1 and lower is better: H1 goes with worse generalization
+    pearson = table[(table.score == "gap") & (table.statistic == "pearson")].iloc[0]
+    assert pearson.estimate < 0
+    # Benjamini-Hochberg over every test of a level, of both scores together
+    for _, rows in table.groupby("level"):
+        tested = rows[rows.p_value.notna()]
+        expected = false_discovery_control(tested.p_value.to_numpy(), method="bh")
+        np.testing.assert_allclose(tested.p_adjusted, expected)
+        assert set(tested.score) == {"score", "gap"}
+
+
+def test_a_score_column_the_sheet_lacks_or_that_holds_text_is_refused_by_name():
+    from moetopo.pipeline.config import check_config
+    from moetopo.pipeline.models import ModelSheet
+
+    sheet = ModelSheet(
+        pd.DataFrame(
+            {"model": ["a", "b"], "path": ["x", "y"], "score": ["1", ""], "gap": ["0.1", "n/a"]}
+        )
+    )
+    sheet.check_score_columns(["score"])
+    with pytest.raises(MoetopoError, match=r"names column 'ood', which the sheet does not"):
+        sheet.check_score_columns(["score", "ood"])
+    with pytest.raises(MoetopoError, match=r"model 'b': gap is 'n/a', not a number"):
+        sheet.check_score_columns(["score", "gap"])
+    import yaml
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["conjecture"] |= {"other_scores": {"gap": "lower"}, "primary_score": "ood"}
+    with pytest.raises(MoetopoError, match=r"primary_score ood is neither score nor one of"):
+        check_config(config)

@@ -28,7 +28,7 @@ from moetopo.report import fmt
 from moetopo.report.build import write_report
 from moetopo.report.data import load_report, model_files, pair_files, study_files
 from moetopo.report.figures import choose_layers
-from moetopo.stages.conjecture import conjecture_rows, model_tables
+from moetopo.stages.conjecture import conjecture_rows, conjecture_rows_by_score, model_tables
 
 from conftest import SNAKEFILE
 
@@ -303,10 +303,13 @@ def write_artefacts(root: Path) -> None:
             write_table(frame, files[kind], kind, warnings=["planted"] if k == 2 else ())
     scores = [{"model": n, "score": 2.0 - 0.1 * k} for k, n in enumerate(MODELS)]
     models, layers = model_tables(scores, summaries, layer_summaries)
-    table = conjecture_rows(
-        models,
-        layers,
-        higher_is_better=False,
+    gaps = [{"model": n, "score": 0.01 * k} for k, n in enumerate(MODELS)]
+    table = conjecture_rows_by_score(
+        {
+            "score": (models, layers, False),
+            "gap": (*model_tables(gaps, summaries, layer_summaries), False),
+        },
+        primary_score="score",
         confidence_level=0.95,
         n_resamples=199,
         seed=0,
@@ -315,6 +318,8 @@ def write_artefacts(root: Path) -> None:
     )
     study = study_files(root, True)
     params = {
+        "other_scores": {"gap": "lower"},
+        "primary_score": "score",
         "higher_is_better": False,
         "confidence_level": 0.95,
         "n_resamples": 199,
@@ -420,9 +425,11 @@ def close(text: str, value: float, digits: int = 3) -> bool:
 def check_numbers(page: Page, root: Path, models: list[str], pairs: list[str]) -> None:
     """Cells of the report's tables against the Parquet and JSON artefacts."""
     conjecture, _ = read_table(root / "stats" / "conjecture.parquet")
-    for level in ("model", "layer"):
-        shown = page.rows(f"conjecture-{level}")
-        expected = conjecture[conjecture.level == level]
+    tables = [("conjecture-model", "score", "model"), ("conjecture-layer", "score", "layer")]
+    tables += [("conjecture-gap-model", "gap", "model")] if "gap" in set(conjecture.score) else []
+    for name, score, level in tables:
+        shown = page.rows(name)
+        expected = conjecture[(conjecture.level == level) & (conjecture.score == score)]
         assert len(shown) == len(expected)
         for cell, row in zip(shown, expected.itertuples(), strict=True):
             assert (cell["metric"], cell["source"], cell["statistic"]) == (
@@ -548,6 +555,7 @@ def test_the_findings_say_which_inputs_the_experts_were_compared_on():
 def test_the_verdict_in_words_is_the_artefacts(report):
     root, out = report
     conjecture, _ = read_table(root / "stats" / "conjecture.parquet")
+    conjecture = conjecture[conjecture.score == "score"]  # the lead's; gap has its own table
     rows = conjecture[
         (conjecture.metric == "h1_count_per_active_param")
         & (conjecture.source == "router_l1")
@@ -640,6 +648,23 @@ def test_markdown_twin_has_the_sections_and_links_its_figures(report):
     ]
     assert links and all((out / link).is_file() for link in links)
     assert (out / "tables" / "conjecture-model.tsv").read_text().startswith("metric\tsource")
+
+
+def test_other_scores_have_their_own_tables_and_the_lead_keeps_to_the_primary(report):
+    root, out = report
+    table = read_table(study_files(root, True)["conjecture"])[0]
+    tsv = {
+        name: pd.read_csv(out / "tables" / f"{name}.tsv", sep="\t")
+        for name in ("conjecture-model", "conjecture-gap-model")
+    }
+    for name, score in (("conjecture-model", "score"), ("conjecture-gap-model", "gap")):
+        rows = table[(table.score == score) & (table.level == "model")]
+        assert len(tsv[name]) == len(rows) > 0
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert "### Other scores" in text
+    assert "gap (lower is better), " in text
+    data = load_report([], [], study_files(root, True), {})
+    assert set(data.conjecture.score) == {"score"} and set(data.other_scores.score) == {"gap"}
 
 
 def test_heatmap_layers_are_the_most_and_least_redundant(report):

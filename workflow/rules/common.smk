@@ -26,6 +26,7 @@ models = read_sheet(config["models"])
 validate(models, schema="../schemas/models.schema.yaml")
 SHEET = ModelSheet(models, config["models"])
 SHEET.check_routing_files()
+SHEET.check_score_columns(["score", *config["conjecture"]["other_scores"]])
 # Bytes a streaming job holds at once: a resource, not a param, so changing it re-runs
 # nothing (it changes no result).
 CHUNK_MB = config["streaming"]["chunk_mb"]

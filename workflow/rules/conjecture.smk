@@ -19,7 +19,10 @@ rule conjecture:
     params:
         **config["conjecture"],
         models=SHEET.names,
-        scores=[SHEET.score(m) for m in SHEET.names],
+        scores={
+            column: [SHEET.score(m, column) for m in SHEET.names]
+            for column in ["score", *config["conjecture"]["other_scores"]]
+        },
         steps=[SHEET.steps(m) for m in SHEET.names],
         clusters=PAIRS.clusters(),
     script:

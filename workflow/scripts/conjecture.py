@@ -5,7 +5,7 @@ import pandas as pd
 
 from moetopo.artefacts import read_table, write_table
 from moetopo.stages import run
-from moetopo.stages.conjecture import conjecture_rows, model_tables
+from moetopo.stages.conjecture import conjecture_rows_by_score, model_tables
 
 
 def main(snakemake):
@@ -22,11 +22,16 @@ def main(snakemake):
     def number(text):
         return float(text) if text != "" else float("nan")
 
-    rows = [
-        {"model": n, "score": number(s), "steps": number(t)}
-        for n, s, t in zip(names, p.scores, p.steps, strict=True)
-    ]
-    models, layers = model_tables(rows, summaries, layer_summaries)
+    def tables(column):
+        rows = [
+            {"model": n, "score": number(s), "steps": number(t)}
+            for n, s, t in zip(names, p.scores[column], p.steps, strict=True)
+        ]
+        return model_tables(rows, summaries, layer_summaries)
+
+    lower = {"score": not p.higher_is_better} | {c: d == "lower" for c, d in p.other_scores.items()}
+    by_score = {column: (*tables(column), not lower[column]) for column in p.scores}
+    models, layers, _ = by_score[p.primary_score]
     primary = {
         "metric": p.primary_metric,
         "source": p.primary_source,
@@ -43,13 +48,14 @@ def main(snakemake):
         "primary": primary,
         "clusters": dict(p.clusters),
         "covariates": list(p.covariates),
-        "scores": dict(zip(names, p.scores, strict=True)),
+        "other_scores": dict(p.other_scores),
+        "primary_score": p.primary_score,
+        "scores": {c: dict(zip(names, v, strict=True)) for c, v in p.scores.items()},
         "steps": dict(zip(names, p.steps, strict=True)),
     }
-    table = conjecture_rows(
-        models,
-        layers,
-        higher_is_better=p.higher_is_better,
+    table = conjecture_rows_by_score(
+        by_score,
+        primary_score=p.primary_score,
         confidence_level=p.confidence_level,
         n_resamples=p.n_resamples,
         seed=p.seed,

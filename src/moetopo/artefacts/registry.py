@@ -301,6 +301,7 @@ SCHEMAS: dict[str, list[tuple[str, pa.DataType]]] = {
     ],
     "conjecture": [
         ("level", STR),
+        ("score", STR),
         ("metric", STR),
         ("source", STR),
         ("statistic", STR),
@@ -362,7 +363,7 @@ SORT_KEYS: dict[str, list[str]] = {
     "compression_topology": ["figure"],
     "stats_models": ["model", "source", "metric"],
     "stats_layers": ["model", "layer", "source", "metric"],
-    "conjecture": ["level", "metric", "source", "statistic"],
+    "conjecture": ["level", "score", "metric", "source", "statistic"],
     "bottleneck": ["layer", "source", "dim"],
 }
 # The per-layer artefacts of the cohomology stage, gathered per model.

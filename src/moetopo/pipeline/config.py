@@ -35,6 +35,12 @@ def check_config(config: dict) -> None:
             f"config: conjecture.primary_source {conjecture['primary_source']} is not among "
             f"conjecture.sources ({', '.join(tested)}), so the primary test would not run"
         )
+    scores = ["score", *conjecture["other_scores"]]
+    if conjecture["primary_score"] not in scores:
+        raise MoetopoError(
+            f"config: conjecture.primary_score {conjecture['primary_score']} is neither score "
+            f"nor one of conjecture.other_scores ({', '.join(scores[1:]) or 'none'})"
+        )
     statistic = conjecture["primary_statistic"]
     if conjecture["primary_level"] == "layer" and (
         statistic.startswith("partial_") or statistic == "regression"

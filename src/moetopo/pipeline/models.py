@@ -61,8 +61,27 @@ class ModelSheet:
     def family(self, model: str) -> str:
         return self.table.loc[model].get("family", "")
 
-    def score(self, model: str) -> str:
-        return self.table.loc[model].get("score", "")
+    def score(self, model: str, column: str = "score") -> str:
+        return self.table.loc[model].get(column, "")
+
+    def check_score_columns(self, columns: list[str]) -> None:
+        """Every configured score column exists and holds numbers (or nothing, for a model
+        without that score): a typo stops the run at parse time, not in the stats job."""
+        for column in columns:
+            if column == "score":
+                continue  # the models schema checks it
+            if column not in self.table.columns:
+                raise MoetopoError(
+                    f"model sheet: conjecture.other_scores names column {column!r}, which the "
+                    f"sheet does not have (columns: {', '.join(self.table.columns)})"
+                )
+            for model, text in self.table[column].items():
+                try:
+                    float(text) if text != "" else None
+                except ValueError:
+                    raise MoetopoError(
+                        f"model sheet, model {model!r}: {column} is {text!r}, not a number"
+                    ) from None
 
     def steps(self, model: str) -> str:
         return self.table.loc[model].get("steps", "")

@@ -110,6 +110,12 @@ def walk(blocks: list[Block]):
             yield from walk(block.blocks)
 
 
+def exported(anchor: str) -> bool:
+    """Tables also written as TSV: the fixed ones and each other score's tests."""
+    other_score = anchor.startswith("conjecture-") and anchor.endswith("-model")
+    return anchor in EXPORTED_TABLES or other_score
+
+
 def write_tsv(table: Table, path: Path) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
@@ -127,7 +133,7 @@ def write_report(data: ReportData, outdir: str | Path) -> list[Block]:
     for block in walk(blocks):
         if isinstance(block, Figure):
             (outdir / block.path).write_bytes(block.png)
-        elif isinstance(block, Table) and block.anchor in EXPORTED_TABLES:
+        elif isinstance(block, Table) and exported(block.anchor):
             write_tsv(block, outdir / "tables" / f"{block.anchor}.tsv")
     (outdir / "index.html").write_text(render_html(blocks, "moetopo report"), encoding="utf-8")
     (outdir / "report.md").write_text(render_markdown(blocks), encoding="utf-8")

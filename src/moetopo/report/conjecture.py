@@ -6,7 +6,7 @@ import pandas as pd
 
 from moetopo.report import fmt, study_figures
 from moetopo.report.data import ReportData
-from moetopo.report.doc import Block, Figure, Heading, Para, Table
+from moetopo.report.doc import Block, Figure, Heading, Para, Table, anchor
 from moetopo.report.findings import (
     METRICS,
     STATISTICS,
@@ -16,7 +16,7 @@ from moetopo.report.findings import (
 )
 
 
-def tests_table(table: pd.DataFrame, level: str) -> Table:
+def tests_table(table: pd.DataFrame, level: str, name: str = "conjecture") -> Table:
     rows = table[table.level == level]
     columns = ["metric", "source", "statistic", "estimate", "interval", "method", "p"]
     columns += ["p adjusted"]
@@ -37,7 +37,7 @@ def tests_table(table: pd.DataFrame, level: str) -> Table:
         + [r.verdict, r.reason]
         for r in rows.itertuples()
     ]
-    return Table(columns, body, anchor=f"conjecture-{level}", caption=f"{level}-level tests")
+    return Table(columns, body, anchor=f"{name}-{level}", caption=f"{level}-level tests")
 
 
 def models_table(data: ReportData, metric: str, source: str) -> Table:
@@ -73,15 +73,17 @@ def conjecture_blocks(data: ReportData) -> list[Block]:
         return blocks
     metric, source = rows.iloc[0].metric, rows.iloc[0].source
     tuned = {p.tuned for p in data.pairs}
-    params = data.conjecture_params
+    # the figures label and orient the primary score, whichever column it is
+    params = data.conjecture_params | {"higher_is_better": data.score_is_better_higher()}
     level = f"{100 * float(params.get('confidence_level', 0.95)):g}%"
+    score = data.primary_score
     blocks += [
         Figure(
             "figures/conjecture/headline.png",
             study_figures.conjecture(data.stats_models, metric, source, params, tuned),
-            f"Score against {METRICS.get(metric, metric)} ({source}). The line is the "
-            f"least-squares fit; the band is a {level} pointwise bootstrap band of that line "
-            "(resampling models), drawn for display: the verdict comes from the tests below.",
+            f"{score.capitalize()} against {METRICS.get(metric, metric)} ({source}). The line "
+            f"is the least-squares fit; the band is a {level} pointwise bootstrap band of that "
+            "line (resampling models), drawn for display: the verdict comes from the tests below.",
         ),
         models_table(data, metric, source),
         Figure(
@@ -100,4 +102,27 @@ def conjecture_blocks(data: ReportData) -> list[Block]:
         tests_table(data.conjecture, "model"),
         tests_table(data.conjecture, "layer"),
     ]
+    return blocks + other_score_blocks(data)
+
+
+def other_score_blocks(data: ReportData) -> list[Block]:
+    """The tests of the scores other than the primary one: each counted in the adjustment,
+    none the lead's verdict."""
+    table = data.other_scores
+    if table is None or table.empty:
+        return []
+    blocks: list[Block] = [Heading(3, "Other scores")]
+    for score, rows in table.groupby("score", sort=True):
+        better = "higher" if data.score_is_better_higher(score) else "lower"
+        decided = rows[rows.verdict != "inconclusive"]
+        said = (
+            "; ".join(
+                f"{r.metric}, {r.source}, {r.statistic}: {r.verdict}" for r in decided.itertuples()
+            )
+            or "every test inconclusive"
+        )
+        blocks += [
+            Para(f"{score} ({better} is better), {len(rows)} tests after adjustment: {said}."),
+            tests_table(rows, "model", name=anchor("conjecture", score)),
+        ]
     return blocks

@@ -61,12 +61,24 @@ class ReportData:
     models: list[ModelData]
     pairs: list[PairData]
     stats_models: pd.DataFrame
-    conjecture: pd.DataFrame
+    conjecture: pd.DataFrame  # the tests of the primary score
     conjecture_params: dict
     pairs_summary: pd.DataFrame | None
     config: dict
     settings: dict = field(default_factory=dict)  # config["report"] with defaults
     compression: dict[str, pd.DataFrame] = field(default_factory=dict)  # COMPRESSION_STUDY
+    other_scores: pd.DataFrame | None = None  # the tests of the other scores
+
+    @property
+    def primary_score(self) -> str:
+        return self.conjecture_params.get("primary_score", "score")
+
+    def score_is_better_higher(self, score: str | None = None) -> bool:
+        """Whether a higher value of ``score`` (the primary score by default) is better."""
+        score = score or self.primary_score
+        if score == "score":
+            return bool(self.conjecture_params.get("higher_is_better", True))
+        return self.conjecture_params.get("other_scores", {}).get(score) == "higher"
 
 
 def model_files(root: str | Path, model: str) -> dict[str, Path]:
@@ -130,16 +142,19 @@ def load_report(
     stats_models, _ = read_table(study["stats_models"])
     conjecture, conjecture_meta = read_table(study["conjecture"])
     summary = read_table(study["pairs_summary"])[0] if "pairs_summary" in study else None
+    params = conjecture_meta.get("params", {})
+    primary = params.get("primary_score", "score")
     return ReportData(
         models=[load_model(*m) for m in models],
         pairs=[load_pair(*p) for p in pairs],
         stats_models=stats_models,
-        conjecture=conjecture,
-        conjecture_params=conjecture_meta.get("params", {}),
+        conjecture=conjecture[conjecture.score == primary].reset_index(drop=True),
+        conjecture_params=params,
         pairs_summary=summary,
         config=config,
         settings=report_settings(config),
         compression={t: read_table(study[t])[0] for t in COMPRESSION_STUDY if t in study},
+        other_scores=conjecture[conjecture.score != primary].reset_index(drop=True),
     )
 
 

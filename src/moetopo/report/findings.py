@@ -355,7 +355,7 @@ def conjecture_verdict(data: ReportData) -> list[str]:
         )
         return [*out, tallies]
     level = f"{100 * confidence_level(params):g}%"
-    direction = "higher" if params.get("higher_is_better", True) else "lower"
+    direction = "higher" if data.score_is_better_higher() else "lower"
     size = ", controlling for size" if first.statistic.startswith("partial_") else ""
     if first.statistic == "regression":
         size = " beyond what the number of activated parameters predicts"

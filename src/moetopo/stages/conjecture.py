@@ -78,6 +78,43 @@ def model_tables(
 
 
 def conjecture_rows(
+    models: pd.DataFrame, layers: pd.DataFrame, *, higher_is_better: bool, **options
+) -> pd.DataFrame:
+    """The tests of the sheet's one score (see :func:`score_tests` for ``options``), with
+    adjusted p-values and verdicts."""
+    return conjecture_rows_by_score(
+        {"score": (models, layers, higher_is_better)}, primary_score="score", **options
+    )
+
+
+def conjecture_rows_by_score(
+    by_score: dict[str, tuple[pd.DataFrame, pd.DataFrame, bool]],
+    *,
+    primary_score: str,
+    confidence_level: float,
+    primary: dict | None = None,
+    **options,
+) -> pd.DataFrame:
+    """The tests of every score (name -> the models and layers tables carrying it as their
+    score column, and whether higher is better), one ``score`` column naming it. The
+    primary test is the declared one of ``primary_score``; Benjamini-Hochberg counts the
+    tests of every score, since each is another chance of a false discovery."""
+    tables = []
+    for name, (models, layers, higher_is_better) in by_score.items():
+        table = score_tests(
+            models,
+            layers,
+            higher_is_better=higher_is_better,
+            confidence_level=confidence_level,
+            primary=primary if name == primary_score else None,
+            **options,
+        )
+        tables.append(table.assign(score=name))
+    table = pd.concat(tables, ignore_index=True)
+    return adjusted_verdicts(with_adjusted_p(table), confidence_level)
+
+
+def score_tests(
     models: pd.DataFrame,
     layers: pd.DataFrame,
     *,
@@ -91,14 +128,15 @@ def conjecture_rows(
     clusters: dict[str, str] | None = None,
     covariates: list[str] | None = None,
 ) -> pd.DataFrame:
-    """Model-level and layer-level correlation tests, one row per metric, source, statistic;
-    ``primary`` (metric, source, statistic, level) marks the test declared before the run,
-    whose verdict the report's lead gives alone. ``clusters`` maps each fine-tune to its
-    base: a base and its fine-tunes are one model of evidence, the mean of their metrics
-    and scores (their layers keep their own metrics, with the cluster's mean score).
-    Beside the correlations of the ratio, the 'regression' rows regress the score on the
-    H1 total, log10 activated parameters and ``covariates`` (of top_k, n_experts, family,
-    steps; steps enter as log10, the scale on which loss falls with training)."""
+    """Unadjusted tests of one score: model-level and layer-level correlation tests, one row
+    per metric, source, statistic; ``primary`` (metric, source, statistic, level) marks the
+    test declared before the run, whose verdict the report's lead gives alone. ``clusters``
+    maps each fine-tune to its base: a base and its fine-tunes are one model of evidence,
+    the mean of their metrics and scores (their layers keep their own metrics, with the
+    cluster's mean score). Beside the correlations of the ratio, the 'regression' rows
+    regress the score on the H1 total, log10 activated parameters and ``covariates`` (of
+    top_k, n_experts, family, steps; steps enter as log10, the scale on which loss falls
+    with training)."""
     if sources:
         models = models[models.source.isin(sources)]
         layers = layers[layers.source.isin(sources)]
@@ -142,7 +180,7 @@ def conjecture_rows(
     if primary:
         chosen = (table[list(primary)] == pd.Series(primary)).all(axis=1)
         table["primary"] = chosen
-    return adjusted_verdicts(with_adjusted_p(table), confidence_level)
+    return table
 
 
 def _log10_steps(totals: pd.DataFrame) -> pd.Series:

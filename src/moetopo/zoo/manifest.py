@@ -13,7 +13,7 @@ from typing import Any
 
 MANIFEST = "manifest.json"
 ROUTING_FILE = "router_logits.npz"
-MODELS_HEADER = ("model", "path", "score", "steps", "family", "routing")
+MODELS_HEADER = ("model", "path", "score", "gap", "steps", "family", "routing")
 PAIRS_HEADER = ("base", "tuned")
 
 
@@ -61,7 +61,8 @@ def write_sheets(root: Path, out_dir: Path, manifest: dict[str, Any], config_dir
         for m in manifest["models"]:
             total = m["steps"] + (steps[m["base"]] if m.get("base") else 0)
             w.writerow(
-                [m["id"], f"{rel}/{m['id']}", f"{m['score']:.6f}", total, m["family"],
+                [m["id"], f"{rel}/{m['id']}", f"{m['score']:.6f}", f"{m['gap']:.6f}", total,
+                 m["family"],
                  f"{rel}/{m['id']}/{ROUTING_FILE}"]
             )  # fmt: skip
     with (config_dir / "pairs.tsv").open("w", newline="") as fh:
