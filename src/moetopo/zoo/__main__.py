@@ -38,6 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--threads", type=int, default=1, help="torch CPU threads (1: tiny models gain little)"
     )
     parser.add_argument(
+        "--study",
+        action="store_true",
+        help="build the designed study instead (default out ROOT/build/study, its sheets "
+        "there too; run the pipeline on it with --configfile config/config.yaml "
+        "config/study.yaml)",
+    )
+    parser.add_argument(
         "--recapture",
         action="store_true",
         help="only capture the built zoo's routing again (router logits and inputs)",
@@ -53,6 +60,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     root = args.root
+    if args.study:
+        from moetopo.zoo.build import build_study
+        from moetopo.zoo.study import study_points
+
+        out = args.out or root / "build" / "study"
+        opts = BuildOptions(out_dir=out, root=root, config_dir=args.config_dir or out,
+                            threads=args.threads)  # fmt: skip
+        manifest = build_study(study_points(), opts)
+        print(summary(manifest))
+        return 0
     if args.recapture:
         recapture(args.out or root / "resources" / "zoo")
         return 0

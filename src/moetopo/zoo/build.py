@@ -13,7 +13,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from moetopo.capture import capture_file
 from moetopo.zoo import manifest as mf
 from moetopo.zoo.corpus import DOMAINS, Corpus, CorpusLimits, build_corpus, probe_text
 from moetopo.zoo.specs import FAMILIES, FineTune, ModelSpec, config_kwargs, spec_record
+from moetopo.zoo.study import OOD_DOMAIN, StudyPoint
 from moetopo.zoo.train import EVAL_WINDOWS, evaluate, new_model, round_to_bf16, setup_torch, train
 
 PROBE_FILE = "heldout_sample.txt"
@@ -192,9 +193,15 @@ def dir_bytes(path: Path) -> int:
 
 
 def build(
-    specs: tuple[ModelSpec, ...], tuned: tuple[FineTune, ...], opts: BuildOptions
+    specs: tuple[ModelSpec, ...],
+    tuned: tuple[FineTune, ...],
+    opts: BuildOptions,
+    mixtures: dict[str, tuple[str, ...]] | None = None,
+    built_by: str = "python -m moetopo.zoo",
 ) -> dict[str, Any]:
-    """Train and save every model, then write the manifest and (optionally) the sheets."""
+    """Train and save every model, then write the manifest and (optionally) the sheets.
+    ``mixtures``: a base model's training domains (the cycle its batch rows follow) where
+    not every domain in turn."""
     start = time.time()
     setup_torch(opts.threads)
     import transformers
@@ -215,9 +222,15 @@ def build(
         opts.log(f"[{len(entries) + 1}/{len(specs) + len(tuned)}] {spec.id} ({spec.family})")
         t0 = time.time()
         model = new_model(spec)
-        losses = train(model, corpus, spec, spec.steps, spec.lr, spec.seed, log=opts.log)
+        domains = (mixtures or {}).get(spec.id, DOMAINS)
+        losses = train(
+            model, corpus, spec, spec.steps, spec.lr, spec.seed, domains=domains, log=opts.log
+        )
+        recipe = {"domains": list(domains)} if domains != DOMAINS else None
         entries.append(
-            finish_model(model, spec, spec.id, corpus, probe, opts, losses, time.time() - t0)
+            finish_model(
+                model, spec, spec.id, corpus, probe, opts, losses, time.time() - t0, recipe
+            )
         )
         weights[spec.id] = {k: v.clone() for k, v in model.state_dict().items()}
     for ft in tuned:
@@ -240,7 +253,7 @@ def build(
         entries.append(entry)
     manifest: dict[str, Any] = {
         "format": 1,
-        "built_by": "python -m moetopo.zoo",
+        "built_by": built_by,
         "versions": _versions(),
         "threads": opts.threads,
         "corpus": {
@@ -270,7 +283,7 @@ def build(
     mf.write_manifest(out, manifest)
     manifest["total_bytes"] = dir_bytes(out)
     mf.write_manifest(out, manifest)
-    if manifest["total_bytes"] > SIZE_BUDGET:
+    if manifest["total_bytes"] > SIZE_BUDGET and opts.config_dir is not None:
         opts.log(f"WARNING: {out} is {manifest['total_bytes']} bytes, over the 25 MB budget")
     if opts.config_dir is not None:
         mf.write_sheets(opts.root, out, manifest, opts.config_dir)
@@ -314,3 +327,31 @@ def summary(manifest: dict[str, Any]) -> str:
             f"{m['score']:7.4f} {m['gap']:+7.4f}"
         )
     return "\n".join(rows) + "\n" + json.dumps({"build_seconds": manifest["build_seconds"]})
+
+
+def build_study(points: list[StudyPoint], opts: BuildOptions) -> dict[str, Any]:
+    """Train the study's models (:mod:`moetopo.zoo.study`), record each one's factor,
+    value, seed and out-of-domain loss in the manifest, and write the study's sheets."""
+    specs = tuple(p.spec for p in points)
+    mixtures = {p.spec.id: p.mixture for p in points}
+    manifest = build(
+        specs, (), replace(opts, config_dir=None), mixtures, "python -m moetopo.zoo --study"
+    )
+    by_id = {p.spec.id: p for p in points}
+    for entry in manifest["models"]:
+        point = by_id[entry["id"]]
+        entry["study"] = {
+            "configuration": point.configuration,
+            "factor": point.factor,
+            "value": point.value,
+            "seed": point.spec.seed,
+            "code_share": point.mixture.count("code") / len(point.mixture),
+        }
+        entry["ood_loss"] = entry["heldout_by_domain"][OOD_DOMAIN]
+    manifest["evaluation"]["ood_loss"] = (
+        f"held-out {OOD_DOMAIN} loss: the minority domain of every training mixture"
+    )
+    mf.write_manifest(opts.out_dir, manifest)
+    if opts.config_dir is not None:
+        mf.write_study_sheets(opts.root, opts.out_dir, manifest, opts.config_dir)
+    return manifest

@@ -73,6 +73,34 @@ def write_sheets(root: Path, out_dir: Path, manifest: dict[str, Any], config_dir
                 w.writerow([m["base"], m["id"]])
 
 
+STUDY_HEADER = (
+    "model", "path", "score", "gap", "ood", "steps", "family", "routing",
+    "configuration", "factor", "value", "seed",
+)  # fmt: skip
+
+
+def write_study_sheets(
+    root: Path, out_dir: Path, manifest: dict[str, Any], config_dir: Path
+) -> None:
+    """The study's ``models.tsv`` (three scores, and each model's factor, value and seed)
+    and an empty ``pairs.tsv`` (the study has no fine-tunes: its models are independent)."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    rel = out_dir.resolve().relative_to(root.resolve()).as_posix()
+    with (config_dir / "models.tsv").open("w", newline="") as fh:
+        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        w.writerow(STUDY_HEADER)
+        for m in manifest["models"]:
+            study = m["study"]
+            value = "" if study["value"] is None else f"{study['value']:g}"
+            w.writerow(
+                [m["id"], f"{rel}/{m['id']}", f"{m['score']:.6f}", f"{m['gap']:.6f}",
+                 f"{m['ood_loss']:.6f}", m["steps"], m["family"],
+                 f"{rel}/{m['id']}/{ROUTING_FILE}", study["configuration"], study["factor"],
+                 value, study["seed"]]
+            )  # fmt: skip
+    (config_dir / "pairs.tsv").write_text("\t".join(PAIRS_HEADER) + "\n")
+
+
 def verify(out_dir: Path) -> list[str]:
     """Differences between the manifest and the files on disk (empty when they agree)."""
     problems: list[str] = []
