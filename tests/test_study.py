@@ -12,7 +12,7 @@ import pytest
 
 from moetopo.pipeline.models import ModelSheet, read_sheet
 from moetopo.zoo.corpus import CorpusLimits
-from moetopo.zoo.study import BASE, FACTORS, SEEDS, base_value, mixture, study_points
+from moetopo.zoo.study import BASE, FACTORS, SEEDS, factor_value, mixture, study_points
 
 
 def test_the_study_varies_one_factor_at_a_time_with_three_seeds_each():
@@ -39,7 +39,7 @@ def test_the_study_varies_one_factor_at_a_time_with_three_seeds_each():
             assert tokens == BASE.steps * BASE.batch * BASE.seq_len
     # every factor's values include the base point's, so each factor has a 3-level series
     for factor, values in FACTORS.items():
-        assert base_value(BASE, factor) in values
+        assert factor_value(BASE, factor) in values
 
 
 def test_mixtures_are_cycles_of_domains_with_the_stated_code_share():
@@ -76,14 +76,18 @@ def test_a_small_study_builds_end_to_end_and_rebuilds_to_the_same_digests(tmp_pa
         assert entry["study"]["seed"] == point.spec.seed
         assert entry["ood_loss"] == entry["heldout_by_domain"]["prose"]
         assert entry["hyperparameters"]["domains"] == list(point.mixture)
-        share = entry["study"]["code_share"]
-        assert share == (1.0 if point.configuration == "codeshare1" else 0.75)
+        design = entry["study"]["design"]
+        assert design["code_share"] == (1.0 if point.configuration == "codeshare1" else 0.75)
+        assert design["experts"] == point.spec.experts == entry["hyperparameters"]["experts"]
     # the sheets the pipeline reads: three scores and the design columns
     sheet = read_sheet(tmp_path / "a" / "models.tsv")
     assert list(sheet.columns[:8]) == ["model", "path", "score", "gap", "ood", "steps",
                                        "family", "routing"]  # fmt: skip
     ModelSheet(sheet).check_score_columns(["score", "gap", "ood"])
     assert set(sheet.factor) == {"base", "experts", "code_share"}
+    assert list(sheet.columns[8:]) == ["configuration", "factor", "seed", "experts", "top_k",
+                                       "expert_inter", "aux_loss_coef", "code_share"]  # fmt: skip
+    assert sheet.experts.tolist() == [str(p.spec.experts) for p in points]
     assert (tmp_path / "a" / "pairs.tsv").read_text() == "base\ttuned\n"
     # a rebuild on the same versions gives the same files, byte for byte
     _, again = build_tiny(tmp_path / "b", tmp_path)

@@ -5,6 +5,7 @@ from snakemake.utils import validate
 from moetopo.artefacts import (
     COMPRESSION_ARTEFACTS,
     COMPRESSION_SUMMARY_ARTEFACTS,
+    STUDY_ARTEFACTS,
     TOPOLOGY_ARTEFACTS,
 )
 from moetopo.end_to_end import zoo_entry
@@ -227,9 +228,24 @@ def get_final_outputs():
             artefact=["routing", "clusters", "redundancy", *TOPOLOGY_ARTEFACTS],
         )
         + get_compression_outputs()
+        + get_study_outputs()
         + ["results/stats/conjecture.parquet", "results/report/index.html"]
         + get_pair_outputs()
     )
+
+
+def get_study_outputs():
+    """The designed study's analysis, where the model sheet carries a design."""
+    if SHEET.design() is None:
+        return []
+    return expand("results/stats/{artefact}.parquet", artefact=STUDY_ARTEFACTS)
+
+
+def get_study_scores():
+    """Score column -> whether higher is better, for every score the conjecture tests."""
+    conjecture = config["conjecture"]
+    other = {c: d == "higher" for c, d in conjecture["other_scores"].items()}
+    return {"score": conjecture["higher_is_better"]} | other
 
 
 def get_compression_outputs():
@@ -316,6 +332,8 @@ def get_report_inputs(wildcards):
         inputs["compression_end_to_end"] = expand(
             "results/{model}/compression_end_to_end.parquet", model=end_to_end_models()
         )
+    for table in STUDY_ARTEFACTS if SHEET.design() is not None else ():
+        inputs[table] = f"results/stats/{table}.parquet"
     inputs["stats_models"] = "results/stats/models.parquet"
     inputs["conjecture"] = "results/stats/conjecture.parquet"
     if PAIRS.ids:

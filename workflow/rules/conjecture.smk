@@ -27,3 +27,32 @@ rule conjecture:
         clusters=PAIRS.clusters(),
     script:
         "../scripts/conjecture.py"
+
+
+rule study:
+    input:
+        models="results/stats/models.parquet",
+    output:
+        **{
+            artefact: f"results/stats/{artefact}.parquet"
+            for artefact in STUDY_ARTEFACTS
+        },
+    log:
+        "logs/stats/study.log",
+    conda:
+        "../envs/moetopo.yaml"
+    threads: 1
+    resources:
+        mem_mb=2048,
+        runtime=30,
+    params:
+        design=SHEET.design(),
+        scores=get_study_scores(),
+        metric=config["conjecture"]["primary_metric"],
+        source=config["conjecture"]["primary_source"],
+        confidence_level=config["conjecture"]["confidence_level"],
+        n_resamples=config["conjecture"]["n_resamples"],
+        seed=config["conjecture"]["seed"],
+        min_models=config["conjecture"]["min_models"],
+    script:
+        "../scripts/study.py"

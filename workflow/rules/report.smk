@@ -85,6 +85,14 @@ rule report:
             category="6. Compression",
             labels={"figure": "{figure}"},
         ),
+        study=report(
+            directory("results/report/figures/study"),
+            patterns=["{figure}.png"],
+            caption="../report/study.rst",
+            category="3. Conjecture",
+            subcategory="Designed study",
+            labels={"figure": "{figure}"},
+        ),
         change=report(
             directory("results/report/figures/change"),
             patterns=["{pair}.png"],

@@ -3,6 +3,7 @@ from pathlib import Path
 from moetopo.report.build import write_report
 from moetopo.report.data import (
     COMPRESSION_STUDY,
+    DESIGN_STUDY,
     MODEL_TABLES,
     OPTIONAL_MODEL_TABLES,
     PAIR_TABLES,
@@ -10,7 +11,7 @@ from moetopo.report.data import (
 )
 from moetopo.stages import run
 
-STUDY = ("stats_models", "conjecture", "pairs_summary", *COMPRESSION_STUDY)
+STUDY = ("stats_models", "conjecture", "pairs_summary", *COMPRESSION_STUDY, *DESIGN_STUDY)
 
 
 def main(snakemake):

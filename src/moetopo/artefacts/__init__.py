@@ -18,6 +18,7 @@ from moetopo.artefacts.registry import (
     COMPRESSION_SUMMARY_ARTEFACTS,
     SCHEMAS,
     SORT_KEYS,
+    STUDY_ARTEFACTS,
     TOPOLOGY_ARTEFACTS,
     columns,
     schema,
@@ -26,6 +27,7 @@ from moetopo.artefacts.registry import (
 __all__ = [
     "COMPRESSION_ARTEFACTS",
     "COMPRESSION_SUMMARY_ARTEFACTS",
+    "STUDY_ARTEFACTS",
     "META_KEY",
     "SCHEMAS",
     "SORT_KEYS",

@@ -275,6 +275,45 @@ SCHEMAS: dict[str, list[tuple[str, pa.DataType]]] = {
         ("n_models", I64),
         ("reason", STR),
     ],
+    "study_seeds": [
+        ("figure", STR),
+        ("n_models", I64),
+        ("n_configurations", I64),
+        ("mean", F64),
+        ("seed_sd", F64),
+        ("between_share", F64),
+        ("p_value", F64),
+        ("reason", STR),
+    ],
+    "study_models": [
+        ("factor", STR),
+        ("value", F64),
+        ("model", STR),
+        ("configuration", STR),
+        ("seed", I64),
+        ("h1", F64),
+        ("score", STR),
+        ("score_value", F64),
+    ],
+    "study_effects": [
+        ("score", STR),
+        ("figure", STR),
+        ("factor", STR),
+        ("test", STR),
+        ("statistic", STR),
+        ("estimate", F64),
+        ("ci_low", F64),
+        ("ci_high", F64),
+        ("ci_method", STR),
+        ("p_value", F64),
+        ("p_adjusted", F64),
+        ("n", I64),
+        ("n_configurations", I64),
+        ("detectable", F64),
+        ("verdict", STR),
+        ("verdict_unadjusted", STR),
+        ("reason", STR),
+    ],
     "stats_models": [
         ("model", STR),
         ("source", STR),
@@ -361,11 +400,16 @@ SORT_KEYS: dict[str, list[str]] = {
     "compression_methods": ["fraction", "method"],
     "compression_layers": ["model", "layer"],
     "compression_topology": ["figure"],
+    "study_seeds": [],
+    "study_models": [],
+    "study_effects": [],
     "stats_models": ["model", "source", "metric"],
     "stats_layers": ["model", "layer", "source", "metric"],
     "conjecture": ["level", "score", "metric", "source", "statistic"],
     "bottleneck": ["layer", "source", "dim"],
 }
+# The designed study's analysis (results/stats/), where the sheet carries the design.
+STUDY_ARTEFACTS = ("study_seeds", "study_models", "study_effects")
 # The per-layer artefacts of the cohomology stage, gathered per model.
 TOPOLOGY_ARTEFACTS = ("persistence", "sheaf", "hodge", "hodge_edges", "hodgecover", "layer_summary")
 # The per-layer artefacts of the compression stage, gathered per model.

@@ -64,6 +64,14 @@ class ModelSheet:
     def score(self, model: str, column: str = "score") -> str:
         return self.table.loc[model].get(column, "")
 
+    def design(self) -> dict[str, list[str]] | None:
+        """A designed study's sheet (configuration, factor, seed and a column per factor):
+        every column but the paths and the family, for the study stage; else None."""
+        if not {"configuration", "factor", "seed"} <= set(self.table.columns):
+            return None
+        kept = [c for c in self.table.columns if c not in ("path", "routing", "family")]
+        return {c: self.table[c].tolist() for c in kept}
+
     def check_score_columns(self, columns: list[str]) -> None:
         """Every configured score column exists and holds numbers (or nothing, for a model
         without that score): a typo stops the run at parse time, not in the stats job."""

@@ -14,6 +14,7 @@ from moetopo.report import fmt
 from moetopo.report.compression import compression_blocks, merge_cost
 from moetopo.report.conjecture import conjecture_blocks
 from moetopo.report.data import ReportData
+from moetopo.report.design import design_blocks
 from moetopo.report.doc import Block, Bullets, Details, Figure, Heading, Para, Table
 from moetopo.report.findings import (
     conjecture_caveats,
@@ -36,7 +37,7 @@ FIGURE_KINDS = (
     "hodge",
     "sheaf",
 )
-FIGURE_KINDS += ("scaffold", "change", "compression")
+FIGURE_KINDS += ("scaffold", "change", "compression", "study")
 EXPORTED_TABLES = (
     "models-summary",
     "findings-models",
@@ -47,6 +48,8 @@ EXPORTED_TABLES = (
     "compression-methods",
     "compression-end-to-end",
     "compression-topology",
+    "study-seeds",
+    "study-effects",
 )
 
 
@@ -99,6 +102,7 @@ def build(data: ReportData) -> list[Block]:
         *models_blocks(data),
         *pairs_blocks(data),
         *conjecture_blocks(data),
+        *design_blocks(data),
         *provenance_blocks(data),
     ]
 

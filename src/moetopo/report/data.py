@@ -28,6 +28,7 @@ PAIR_TABLES = ("scaffold", "crossref")
 # Present where the run evaluated compression (a router-only run does not).
 OPTIONAL_MODEL_TABLES = ("compression", "compression_end_to_end")
 COMPRESSION_STUDY = ("compression_methods", "compression_layers", "compression_topology")
+DESIGN_STUDY = ("study_seeds", "study_models", "study_effects")  # where the sheet carries a design
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class ReportData:
     settings: dict = field(default_factory=dict)  # config["report"] with defaults
     compression: dict[str, pd.DataFrame] = field(default_factory=dict)  # COMPRESSION_STUDY
     other_scores: pd.DataFrame | None = None  # the tests of the other scores
+    design: dict[str, pd.DataFrame] = field(default_factory=dict)  # DESIGN_STUDY
 
     @property
     def primary_score(self) -> str:
@@ -102,7 +104,7 @@ def study_files(root: str | Path, with_pairs: bool) -> dict[str, Path]:
     }
     if with_pairs:
         files["pairs_summary"] = root / "pairs" / "summary.parquet"
-    for table in COMPRESSION_STUDY:
+    for table in (*COMPRESSION_STUDY, *DESIGN_STUDY):
         if (root / "stats" / f"{table}.parquet").exists():
             files[table] = root / "stats" / f"{table}.parquet"
     return files
@@ -155,6 +157,7 @@ def load_report(
         settings=report_settings(config),
         compression={t: read_table(study[t])[0] for t in COMPRESSION_STUDY if t in study},
         other_scores=conjecture[conjecture.score != primary].reset_index(drop=True),
+        design={t: read_table(study[t])[0] for t in DESIGN_STUDY if t in study},
     )
 
 

@@ -345,7 +345,7 @@ def build_study(points: list[StudyPoint], opts: BuildOptions) -> dict[str, Any]:
             "factor": point.factor,
             "value": point.value,
             "seed": point.spec.seed,
-            "code_share": point.mixture.count("code") / len(point.mixture),
+            "design": point.design,
         }
         entry["ood_loss"] = entry["heldout_by_domain"][OOD_DOMAIN]
     manifest["evaluation"]["ood_loss"] = (

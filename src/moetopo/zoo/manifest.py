@@ -75,7 +75,7 @@ def write_sheets(root: Path, out_dir: Path, manifest: dict[str, Any], config_dir
 
 STUDY_HEADER = (
     "model", "path", "score", "gap", "ood", "steps", "family", "routing",
-    "configuration", "factor", "value", "seed",
+    "configuration", "factor", "seed",
 )  # fmt: skip
 
 
@@ -88,15 +88,15 @@ def write_study_sheets(
     rel = out_dir.resolve().relative_to(root.resolve()).as_posix()
     with (config_dir / "models.tsv").open("w", newline="") as fh:
         w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        w.writerow(STUDY_HEADER)
+        factors = [f for f in manifest["models"][0]["study"]["design"] if f != "steps"]
+        w.writerow([*STUDY_HEADER, *factors])
         for m in manifest["models"]:
             study = m["study"]
-            value = "" if study["value"] is None else f"{study['value']:g}"
             w.writerow(
                 [m["id"], f"{rel}/{m['id']}", f"{m['score']:.6f}", f"{m['gap']:.6f}",
                  f"{m['ood_loss']:.6f}", m["steps"], m["family"],
                  f"{rel}/{m['id']}/{ROUTING_FILE}", study["configuration"], study["factor"],
-                 value, study["seed"]]
+                 study["seed"], *(f"{study['design'][f]:g}" for f in factors)]
             )  # fmt: skip
     (config_dir / "pairs.tsv").write_text("\t".join(PAIRS_HEADER) + "\n")
 

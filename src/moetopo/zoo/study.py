@@ -63,6 +63,13 @@ class StudyPoint:
     configuration: str
     mixture: tuple[str, ...]
 
+    @property
+    def design(self) -> dict[str, Any]:
+        """The model's value of every factor (the sheet carries a column per factor)."""
+        return {factor: factor_value(self.spec, factor) for factor in FACTORS} | {
+            "code_share": self.mixture.count("code") / len(self.mixture)
+        }
+
 
 def mixture(code_share: float) -> tuple[str, ...]:
     """Rows of a batch cycle through this: code_share 0.75 -> code, code, code, prose."""
@@ -81,12 +88,14 @@ def _spec_at(base: ModelSpec, factor: str, value: Any) -> tuple[ModelSpec, float
     return replace(base, **{factor: value}), BASE_CODE_SHARE
 
 
-def base_value(base: ModelSpec, factor: str) -> Any:
+def factor_value(spec: ModelSpec, factor: str) -> Any:
+    """A spec's value of ``factor`` (the code share is the mixture's, not the spec's: the
+    base point's here)."""
     if factor == "code_share":
         return BASE_CODE_SHARE
     if factor == "aux_loss_coef":
-        return base.extra["router_aux_loss_coef"]
-    return getattr(base, factor)
+        return spec.extra["router_aux_loss_coef"]
+    return getattr(spec, factor)
 
 
 def study_points(
@@ -98,7 +107,7 @@ def study_points(
     (``base``: the base point's architecture; a tiny one in tests)."""
     configurations = [("base", None, base, BASE_CODE_SHARE)]
     for factor, values in factors.items():
-        at_base = base_value(base, factor)
+        at_base = factor_value(base, factor)
         if at_base not in values:
             raise ValueError(f"{factor}: the base point's {at_base} is not among {values}")
         for value in values:
