@@ -30,6 +30,16 @@ HEADER_ENTRY = [
     ("offset_begin", I64),
     ("offset_end", I64),
 ]
+# One statistical test's result (a correlation, a regression coefficient), as the
+# conjecture and the study write it.
+TEST_RESULT = [
+    ("statistic", STR),
+    ("estimate", F64),
+    ("ci_low", F64),
+    ("ci_high", F64),
+    ("ci_method", STR),
+    ("p_value", F64),
+]
 SCHEMAS: dict[str, list[tuple[str, pa.DataType]]] = {
     "shard_header": HEADER_ENTRY,
     "inventory": [
@@ -300,12 +310,7 @@ SCHEMAS: dict[str, list[tuple[str, pa.DataType]]] = {
         ("figure", STR),
         ("factor", STR),
         ("test", STR),
-        ("statistic", STR),
-        ("estimate", F64),
-        ("ci_low", F64),
-        ("ci_high", F64),
-        ("ci_method", STR),
-        ("p_value", F64),
+        *TEST_RESULT,
         ("p_adjusted", F64),
         ("n", I64),
         ("n_configurations", I64),
@@ -343,12 +348,7 @@ SCHEMAS: dict[str, list[tuple[str, pa.DataType]]] = {
         ("score", STR),
         ("metric", STR),
         ("source", STR),
-        ("statistic", STR),
-        ("estimate", F64),
-        ("ci_low", F64),
-        ("ci_high", F64),
-        ("ci_method", STR),
-        ("p_value", F64),
+        *TEST_RESULT,
         ("p_mc_error", F64),
         ("p_adjusted", F64),
         ("n_models", I64),
