@@ -133,6 +133,9 @@ def test_the_study_stage_tables_and_its_report_section():
     assert pooled.verdict == "supported" and pooled.detectable == pytest.approx(
         detectable_correlation(18, lost=6)
     )
+    # a factor's effect reads as a direction, the conjecture's words only for H1 vs score
+    rises = effects[(effects.factor == "experts") & (effects.test == "figure_with_factor")]
+    assert set(rises.verdict) == {"rises with it"}
     # every factor's series holds the base point's 3 models and its own
     assert points.groupby(["factor", "score"]).size().to_dict() == {
         ("code_share", "gap"): 9, ("code_share", "score"): 9,
@@ -146,3 +149,30 @@ def test_the_study_stage_tables_and_its_report_section():
     html = render_html(blocks, "study")
     assert "Designed study, 18 independent models in 6 configurations." in html
     assert f"is {pooled.estimate:.3f}" in html and "H1 moves with experts" in html
+
+
+def test_a_study_without_h1_says_not_measurable_and_what_the_design_did_move():
+    from types import SimpleNamespace
+
+    from moetopo.report.design import answer
+    from moetopo.stages.study import study_tables
+
+    rng = np.random.default_rng(5)
+    stats_models, design = stage_inputs(rng)
+    stats_models = stats_models.assign(h1_total=0.0)
+    design = design.assign(score=2.0 + 0.3 * design.code_share + 0.01 * rng.normal(size=18))
+    seeds, points, effects = study_tables(
+        stats_models, design, {"score": False}, metric="h1_count_per_active_param",
+        source="router_l1", confidence_level=0.95, n_resamples=499, seed=0, min_models=5,
+    )  # fmt: skip
+    assert effects[effects.test != "score_with_factor"].estimate.isna().all()
+    data = SimpleNamespace(
+        design={"study_seeds": seeds, "study_models": points, "study_effects": effects},
+        primary_score="score",
+    )
+    text = answer(data)
+    assert "Not measurable here: h1_count:router_l1 is constant" in text
+    assert "2 of 2 H1 figures (source and metric) are the same in every model." in text
+    # the code share raises the planted loss: a larger value, a worse score
+    assert "The design does move the score: code_share (Spearman -" in text
+    assert "a worse score" in text and "between configurations" in text

@@ -9,7 +9,7 @@ import pandas as pd
 
 from moetopo.report import fmt
 from moetopo.report.data import ReportData
-from moetopo.report.doc import Block, Figure, Heading, Para, Table
+from moetopo.report.doc import Block, Details, Figure, Heading, Para, Table
 from moetopo.report.figures import panels, png
 
 TESTS = {
@@ -81,7 +81,7 @@ def effects_table(effects: pd.DataFrame) -> Table:
 
 
 def answer(data: ReportData) -> str:
-    """The study's answer in one paragraph, claiming no more than the adjusted tests."""
+    """The study's answer in words, claiming no more than the adjusted tests."""
     effects = data.design["study_effects"]
     primary = data.primary_score
     pooled = effects[(effects.factor == "all") & (effects.score == primary)]
@@ -89,33 +89,49 @@ def answer(data: ReportData) -> str:
         return "The study's pooled test did not run."
     row = pooled.iloc[0]
     seeds = data.design["study_seeds"].set_index("figure")
-    moved = effects[(effects.test == "figure_with_factor") & (effects.score == primary)]
-    moved = moved[moved.verdict != "inconclusive"].factor.tolist()
-    h1_rows = seeds[seeds.index.str.contains(":")]
-    share = h1_rows.between_share.dropna()
+    h1 = seeds[seeds.index.str.contains(":")]
+    flat = h1[h1.reason == "constant across every model"]
     parts = [
         f"Designed study, {fmt.count(row.n)} independent models in "
         f"{fmt.count(row.n_configurations)} configurations."
     ]
     if np.isnan(row.estimate):
-        parts.append(f"Not measurable here: {row.reason}.")
+        varied = ", ".join(
+            f"{f} (mean {fmt.sig(m)})" for f, m in h1.drop(flat.index)["mean"].items()
+        )
+        parts.append(
+            f"Not measurable here: {row.reason}. {len(flat)} of {len(h1)} H1 figures (source "
+            "and metric) are the same in every model"
+            + (f"; the others vary in few models: {varied}." if varied else ".")
+        )
     else:
         parts.append(
             f"Seed to seed, where the design holds everything else fixed, the correlation of "
             f"H1 with a better {primary} is {fmt.fixed(row.estimate)} "
             f"({fmt.interval(row.ci_low, row.ci_high)}, adjusted p {fmt.sig(row.p_adjusted)}): "
-            f"{row.verdict}. The test finds |r| >= {fmt.fixed(row.detectable)} 80% of the time."
+            f"{row.verdict}; the test finds |r| >= {fmt.fixed(row.detectable)} 80% of the time."
         )
-    parts.append(
-        "H1 moves with "
-        + (", ".join(moved) if moved else "none of the factors")
-        + " after adjustment for the number of tests."
-    )
-    if len(share):
+        moved = effects[(effects.test == "figure_with_factor") & (effects.score == primary)]
+        moved = moved[moved.verdict != "inconclusive"].factor.tolist()
+        parts.append("H1 moves with " + (", ".join(moved) or "none of the factors") + ".")
+    scored = effects[(effects.test == "score_with_factor") & (effects.score == primary)]
+    decided = scored[scored.verdict != "inconclusive"]
+    if len(decided):
+        said = "; ".join(
+            f"{r.factor} (Spearman {fmt.fixed(r.estimate)}: a larger value, a "
+            f"{'better' if r.estimate > 0 else 'worse'} {primary})"
+            for r in decided.itertuples()
+        )
+        parts.append(f"The design does move the {primary}: {said}.")
+    shares = [
+        f"{f} {fmt.sig(r.between_share)}"
+        for f, r in seeds.drop(h1.index).iterrows()
+        if pd.notna(r.between_share)
+    ]
+    if shares:
         parts.append(
-            f"The share of H1's variance between configurations ranges "
-            f"{fmt.sig(share.min())} to {fmt.sig(share.max())} across sources and metrics "
-            "(1: a property of the configuration; 0: of the seed)."
+            "Share of each score's variance between configurations (1: set by the "
+            "configuration, 0: by the seed): " + ", ".join(shares) + "."
         )
     return " ".join(parts)
 
@@ -140,5 +156,5 @@ def design_blocks(data: ReportData) -> list[Block]:
             f"{score} against H1, one colour per varied factor.",
         ),  # fmt: skip
         seeds_table(data.design["study_seeds"]),
-        effects_table(data.design["study_effects"]),
+        Details("Every test of the study", [effects_table(data.design["study_effects"])]),
     ]

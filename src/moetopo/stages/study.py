@@ -24,6 +24,12 @@ from moetopo.stats.design import (
     seed_variance,
 )
 
+# How a decided factor test reads: the conjecture's words only fit H1 against a score.
+DIRECTIONS = {
+    "figure_with_factor": {"supported": "rises with it", "contradicted": "falls with it"},
+    "score_with_factor": {"supported": "better as it grows", "contradicted": "worse as it grows"},
+}
+
 
 def study_tables(
     stats_models: pd.DataFrame,
@@ -77,6 +83,10 @@ def study_tables(
                 row["n"], alpha=1 - confidence_level, lost=lost)})  # fmt: skip
     effects = pd.DataFrame(rows).assign(level="study")
     effects = adjusted_verdicts(with_adjusted_p(effects), confidence_level)
+    for test, words in DIRECTIONS.items():  # a factor's effect is a direction, not a verdict
+        rows_of = effects.test == test
+        for column in ("verdict", "verdict_unadjusted"):
+            effects.loc[rows_of, column] = effects.loc[rows_of, column].replace(words)
     return seeds, plotted, effects[columns("study_effects")].reset_index(drop=True)
 
 
