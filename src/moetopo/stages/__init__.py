@@ -3,7 +3,8 @@ another stage. This package holds the glue every rule's script shares: logging t
 rule's log file and clear failures.
 
 A user error (MoetopoError) ends the job with one line naming the file and the
-problem, in the log and on stderr, instead of a traceback.
+problem, in the log and on stderr, instead of a traceback; anything else is a bug, and
+its traceback goes to the log too.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def run(snakemake, body: Callable) -> None:
         body(snakemake)
     except MoetopoError as exc:
         log.error("%s", exc)
+        sys.exit(1)
+    except Exception:  # a bug: its traceback belongs in the rule's log, not only on stderr
+        log.exception("moetopo failed unexpectedly; please report this log")
         sys.exit(1)
     log.info("peak RSS %.0f MiB", peak_rss_mib())
 
