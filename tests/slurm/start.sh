@@ -87,7 +87,8 @@ fi
 
 # wait until the node accepts work
 # (each client call bounded: with broken authentication sinfo retries for minutes)
-for _ in $(seq 60); do
+deadline=$((SECONDS + 90))
+while [ "$SECONDS" -lt "$deadline" ]; do
   if timeout 5 sinfo -h -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
     echo "$CONF"
     exit 0
@@ -95,6 +96,6 @@ for _ in $(seq 60); do
   timeout 5 scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 || true
   sleep 1
 done
-echo "slurm did not come up within the minute; the ends of its logs:" >&2
+echo "slurm did not come up within 90 s; the ends of its logs:" >&2
 tail -n 5 "$DIR"/log/*.log >&2
 exit 1
