@@ -320,6 +320,7 @@ def write_artefacts(root: Path) -> None:
     params = {
         "other_scores": {"gap": "lower"},
         "primary_score": "score",
+        "directions": {"score": False, "gap": False},
         "higher_is_better": False,
         "confidence_level": 0.95,
         "n_resamples": 199,

@@ -241,7 +241,7 @@ def get_study_outputs():
     return expand("results/stats/{artefact}.parquet", artefact=STUDY_ARTEFACTS)
 
 
-def get_study_scores():
+def get_score_directions():
     """Score column -> whether higher is better, for every score the conjecture tests."""
     conjecture = config["conjecture"]
     other = {c: d == "higher" for c, d in conjecture["other_scores"].items()}

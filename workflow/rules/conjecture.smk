@@ -21,9 +21,10 @@ rule conjecture:
         models=SHEET.names,
         scores={
             column: [SHEET.score(m, column) for m in SHEET.names]
-            for column in ["score", *config["conjecture"]["other_scores"]]
+            for column in get_score_directions()
         },
         steps=[SHEET.steps(m) for m in SHEET.names],
+        directions=get_score_directions(),
         clusters=PAIRS.clusters(),
     script:
         "../scripts/conjecture.py"
@@ -47,7 +48,7 @@ rule study:
         runtime=30,
     params:
         design=SHEET.design(),
-        scores=get_study_scores(),
+        scores=get_score_directions(),
         metric=config["conjecture"]["primary_metric"],
         source=config["conjecture"]["primary_source"],
         confidence_level=config["conjecture"]["confidence_level"],

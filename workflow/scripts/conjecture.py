@@ -29,8 +29,7 @@ def main(snakemake):
         ]
         return model_tables(rows, summaries, layer_summaries)
 
-    lower = {"score": not p.higher_is_better} | {c: d == "lower" for c, d in p.other_scores.items()}
-    by_score = {column: (*tables(column), not lower[column]) for column in p.scores}
+    by_score = {column: (*tables(column), p.directions[column]) for column in p.scores}
     models, layers, _ = by_score[p.primary_score]
     primary = {
         "metric": p.primary_metric,
@@ -50,6 +49,7 @@ def main(snakemake):
         "covariates": list(p.covariates),
         "other_scores": dict(p.other_scores),
         "primary_score": p.primary_score,
+        "directions": dict(p.directions),
         "scores": {c: dict(zip(names, v, strict=True)) for c, v in p.scores.items()},
         "steps": dict(zip(names, p.steps, strict=True)),
     }

@@ -78,9 +78,8 @@ class ReportData:
     def score_is_better_higher(self, score: str | None = None) -> bool:
         """Whether a higher value of ``score`` (the primary score by default) is better."""
         score = score or self.primary_score
-        if score == "score":
-            return bool(self.conjecture_params.get("higher_is_better", True))
-        return self.conjecture_params.get("other_scores", {}).get(score) == "higher"
+        recorded = self.conjecture_params.get("directions", {})  # as the stage tested it
+        return bool(recorded.get(score, self.conjecture_params.get("higher_is_better", True)))
 
 
 def model_files(root: str | Path, model: str) -> dict[str, Path]:
