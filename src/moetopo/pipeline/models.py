@@ -16,6 +16,7 @@ from moetopo.checkpoint.captured import captured_shapes, check_layers
 from moetopo.checkpoint.layout import ModelLayout, build_layout
 from moetopo.checkpoint.shards import ShardList, list_shards, open_checkpoint
 from moetopo.errors import MoetopoError
+from moetopo.stats.design import DESIGN_COLUMNS
 
 MB = 1 << 20
 # results/<name>/ of these holds other artefacts than a model's
@@ -67,7 +68,7 @@ class ModelSheet:
     def design(self) -> dict[str, list[str]] | None:
         """A designed study's sheet (configuration, factor, seed and a column per factor):
         every column but the paths and the family, for the study stage; else None."""
-        if not {"configuration", "factor", "seed"} <= set(self.table.columns):
+        if not set(DESIGN_COLUMNS) <= set(self.table.columns):
             return None
         kept = [c for c in self.table.columns if c not in ("path", "routing", "family")]
         return {c: self.table[c].tolist() for c in kept}
