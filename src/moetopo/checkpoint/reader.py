@@ -13,7 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from moetopo.checkpoint.dtypes import ELEMENT_TYPES, apply_block_scales, dequantize_mxfp4
+from moetopo.checkpoint.dtypes import (
+    ELEMENT_TYPES,
+    apply_block_scales,
+    dequantize_mxfp4,
+    widen_into,
+)
 from moetopo.checkpoint.header import TensorEntry
 from moetopo.checkpoint.logical import LogicalTensor, logical_tensors
 from moetopo.checkpoint.shards import Checkpoint
@@ -151,7 +156,9 @@ class TensorReader:
         stored = np.empty(out_shape, dtype=ELEMENT_TYPES[entry.dtype].numpy)
         if count:
             read_exactly(path, offset, stored, entry.name)
-        return stored if dtype is None else stored.astype(dtype, copy=False)
+        if dtype is None or stored.dtype == dtype:
+            return stored
+        return widen_into(np.empty(out_shape, dtype=dtype), stored)
 
     def _scale_fp8(self, lt: LogicalTensor, values, lead, rows) -> np.ndarray:
         scale_shape = lt.scale.shape

@@ -1,18 +1,27 @@
 """Pairwise expert distances of one MoE layer, from several sources.
 
-Weight distances are exact: a Gram matrix of the experts' concatenated weights is
-accumulated in float64 over chunks of their coordinates, each chunk centred on the
-layer's mean expert so that near-duplicates do not vanish in the cancellation of
-G_ii + G_jj - 2 G_ij. Memory is bounded by the chunk size, whatever the expert size.
+Weight distances run at matmul speed with a stated accuracy. The Gram matrix of the
+experts' concatenated weights is accumulated over slices of their coordinates: each
+slice is widened to float32 (BF16 by an integer shift, exactly), centred on the layer's
+mean expert so that near-duplicates do not vanish in the cancellation of
+G_ii + G_jj - 2 G_ij, multiplied in float32 and added into a float64 total. Rounding
+then perturbs a squared distance by at most :func:`rounding_bound` times
+(|c_i|^2 + |c_j|^2), the pair's centred squared norms; every pair closer than
+:data:`VERIFY_BELOW` of that is recomputed exactly, as the float64 sum of squared
+differences, in a second pass that reads only those experts. So near-duplicates are
+exact, and any other distance is within 0.1% of its float64 value (the worst case the
+bound allows; the geometry benchmark prints the error measured). Memory is bounded by
+the chunk size, whatever the expert size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from scipy.spatial.distance import pdist, squareform
 
+from moetopo.checkpoint.dtypes import widen_into
 from moetopo.checkpoint.experts import ExpertWeights, expert_output, read_expert
 from moetopo.checkpoint.layout import MoELayer
 from moetopo.checkpoint.prefetch import SlotBuffers, prefetched
@@ -20,7 +29,13 @@ from moetopo.checkpoint.reader import TensorReader
 
 # Each read-ahead buffer: larger ones only delay the first chunk and fault in more pages.
 _READ_AHEAD_BYTES = 32 << 20
-_GRAM_SLICE_BYTES = 2 << 20  # float64 columns added to the Gram at once: fits in L2 cache
+_SLICE_BYTES = 1 << 20  # float32 columns of every expert multiplied at once: fits in L2
+_MAX_SLICE = 4096  # the longest float32 sum, which sets the rounding bound
+_EXACT_SLICE_BYTES = 8 << 20  # float64 pair differences formed at once when verifying
+# A pair whose squared distance is below this fraction of its centred squared norms is
+# recomputed exactly: independent experts sit near 1 (their centred parts are nearly
+# orthogonal), near-duplicates near 0.
+VERIFY_BELOW = 0.25
 
 
 def router_distances(router: np.ndarray) -> dict[str, np.ndarray]:
@@ -42,62 +57,80 @@ def _cosine_from_rows(rows: np.ndarray) -> np.ndarray:
     return distance
 
 
+def rounding_bound(width: int, dtype=np.float32) -> float:
+    """Bound on |fast d_ij^2 - d_ij^2| / (|c_i|^2 + |c_j|^2) for slices of ``width``.
+
+    A dot product of length n in precision u errs by at most gamma_n = n u / (1 - n u)
+    times |c_i| |c_j| (Higham, Accuracy and Stability, 3.1); three enter d^2 and
+    2 |c_i| |c_j| <= |c_i|^2 + |c_j|^2, so 2 gamma_n. Rounding the centred values once
+    moves c_i - c_j by at most u (|c_i| + |c_j|): 4 u more on d^2. The float64 sum
+    across slices adds less than 1e-12.
+    """
+    u = float(np.finfo(dtype).eps) / 2.0
+    gamma = width * u / (1.0 - width * u)
+    return 2.0 * gamma + 4.0 * u + 1e-12
+
+
 class CenteredGram:
     """Accumulates the Gram matrix of E vectors, chunk by chunk of coordinates, in float64.
 
     Each chunk is centred on the mean over experts of that chunk (the chunk of the mean
     expert), which is exact: the full centred Gram is the sum of the chunks' centred
-    Grams. The uncentred inner products are recovered from two running sums.
+    Grams, whatever centre a chunk uses. A chunk may be float32 (multiplied in float32,
+    summed in float64) or float64. The uncentred inner products are recovered from two
+    running sums.
     """
 
     def __init__(self, n: int):
         self.centred = np.zeros((n, n), dtype=np.float64)
         self.dot_mean = np.zeros(n)  # <x_i, mean>
         self.mean_sq = 0.0  # <mean, mean>
-        self.averager = np.full(n, 1.0 / n)
+        self.averager = {np.dtype(t): np.full(n, 1.0 / n, dtype=t) for t in (np.float32, float)}
 
     def add(self, chunk: np.ndarray) -> None:
-        """Add a C-ordered float64 [E, c] chunk; it is centred in place (and so consumed)."""
-        mean = self.averager @ chunk  # a BLAS gemv: faster than numpy's axis-0 mean
+        """Add a C-ordered [E, c] float32 or float64 chunk; it is centred in place."""
+        mean = self.averager[chunk.dtype] @ chunk  # a BLAS gemv: faster than axis-0 mean
         self.dot_mean += chunk @ mean
         self.mean_sq += float(mean @ mean)
         chunk -= mean
         self.centred += chunk @ chunk.T  # numpy runs A @ A.T as a BLAS syrk
 
-    def distances(self) -> tuple[np.ndarray, np.ndarray]:
-        """(Euclidean distance matrix, cosine distance matrix)."""
+    def squared(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(squared distances, squared norms, centred squared norms)."""
         # numpy mirrors syrk's triangle, so this only matters if a gemm path ever left
         # rounding asymmetry; O(E^2), it costs nothing beside the accumulation
         g = np.triu(self.centred) + np.triu(self.centred, 1).T
-        diag = np.diag(g)
+        diag = np.diag(g).copy()
         sq = np.maximum(diag[:, None] + diag[None, :] - 2.0 * g, 0.0)
         np.fill_diagonal(sq, 0.0)
         norms_sq = np.maximum(diag + 2.0 * self.dot_mean - self.mean_sq, 0.0)
-        norms = np.sqrt(norms_sq)
-        # 1 - cos = (d^2 - (|a| - |b|)^2) / (2 |a| |b|), free of the 1 - cos cancellation
-        denom = 2.0 * norms[:, None] * norms[None, :]
-        gap = (norms[:, None] - norms[None, :]) ** 2
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cosine = np.where(denom > 0, (sq - gap) / denom, 1.0)
-        cosine = np.clip(cosine, 0.0, 2.0)
-        np.fill_diagonal(cosine, 0.0)
-        return np.sqrt(sq), cosine
+        return sq, norms_sq, diag
+
+    def distances(self) -> tuple[np.ndarray, np.ndarray]:
+        """(Euclidean distance matrix, cosine distance matrix)."""
+        sq, norms_sq, _ = self.squared()
+        return l2_and_cosine(sq, norms_sq)
 
 
-def weight_distances(
-    reader: TensorReader, moe: MoELayer, chunk_bytes: int = 256 << 20
-) -> dict[str, np.ndarray]:
-    """Exact L2 and cosine distances over each expert's concatenated gate/up/down weights.
+def l2_and_cosine(sq: np.ndarray, norms_sq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean and cosine distance matrices from squared distances and squared norms."""
+    norms = np.sqrt(norms_sq)
+    # 1 - cos = (d^2 - (|a| - |b|)^2) / (2 |a| |b|), free of the 1 - cos cancellation
+    denom = 2.0 * norms[:, None] * norms[None, :]
+    gap = (norms[:, None] - norms[None, :]) ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosine = np.where(denom > 0, (sq - gap) / denom, 1.0)
+    cosine = np.clip(cosine, 0.0, 2.0)
+    np.fill_diagonal(cosine, 0.0)
+    return np.sqrt(sq), cosine
 
-    Chunks of rows of every expert are read as stored (BF16 stays two bytes) into two
-    reused buffers of at most min(``chunk_bytes`` / 2, 32 MiB) each (more only when one
-    row of every expert is larger), the next while the Gram takes the current; a chunk
-    is widened to float64 a cache-sized slice of columns at a time, so the float64 copy
-    never leaves the CPU cache.
-    """
-    n = moe.n_experts
-    gram = CenteredGram(n)
-    target = max(1, min(chunk_bytes // 2, _READ_AHEAD_BYTES))
+
+def expert_row_blocks(
+    reader: TensorReader, moe: MoELayer, experts: np.ndarray, target: int
+) -> Iterator[np.ndarray]:
+    """[len(experts), c] blocks covering every weight of ``experts``, as stored (BF16 stays
+    two bytes), in two reused buffers of about ``target`` bytes read one ahead."""
+    n = len(experts)
     chunks = []
     for role in sorted(moe.experts):
         tensor = moe.experts[role]
@@ -110,21 +143,65 @@ def weight_distances(
     def load(chunk, slot: int) -> np.ndarray:
         tensor, stored, cols, r0, r1 = chunk
         block = buffers.take(slot, stored, (n, (r1 - r0) * cols))
-        for e in range(n):
-            name, lead, off = tensor.locate(e)
-            reader.read_into(block[e], name, lead, (off + r0, off + r1))
+        for k, e in enumerate(experts):
+            name, lead, off = tensor.locate(int(e))
+            reader.read_into(block[k], name, lead, (off + r0, off + r1))
         return block
 
-    width = max(256, _GRAM_SLICE_BYTES // (8 * n))
-    work = np.empty(n * width, dtype=np.float64)
     for _, block in prefetched(chunks, load):
+        yield block
+
+
+def weight_distances(
+    reader: TensorReader, moe: MoELayer, chunk_bytes: int = 256 << 20
+) -> dict[str, np.ndarray]:
+    """L2 and cosine distances over each expert's concatenated gate/up/down weights.
+
+    Chunks of rows of every expert are read as stored into two reused buffers of at most
+    min(``chunk_bytes`` / 2, 32 MiB) each (more only when one row of every expert is
+    larger), the next while the Gram takes the current; a chunk is widened a cache-sized
+    slice of columns at a time, so the widened copy never leaves the CPU cache. Pairs
+    closer than :data:`VERIFY_BELOW` are then made exact (see the module docstring).
+    """
+    n = moe.n_experts
+    target = max(1, min(chunk_bytes // 2, _READ_AHEAD_BYTES))
+    gram = CenteredGram(n)
+    width = max(256, min(_MAX_SLICE, _SLICE_BYTES // (4 * n)))
+    work = {t: np.empty(n * width, dtype=t) for t in (np.float32, np.float64)}
+    for block in expert_row_blocks(reader, moe, np.arange(n), target):
+        # float64 weights stay float64 (rounding them would break the bound's premise)
+        buffer = work[np.float64 if block.dtype == np.float64 else np.float32]
         for c0 in range(0, block.shape[1], width):
             part = block[:, c0 : c0 + width]
-            wide = work[: part.size].reshape(part.shape)
-            np.copyto(wide, part, casting="unsafe")
-            gram.add(wide)
-    l2, cosine = gram.distances()
+            gram.add(widen_into(buffer[: part.size].reshape(part.shape), part))
+    sq, norms_sq, centred_sq = gram.squared()
+    spread = centred_sq[:, None] + centred_sq[None, :]
+    i, j = np.nonzero(np.triu(sq < VERIFY_BELOW * spread, 1))
+    if i.size:
+        exact_sq, exact_norms = exact_squared_distances(reader, moe, i, j, target)
+        sq[i, j] = sq[j, i] = exact_sq
+        norms_sq[list(exact_norms)] = list(exact_norms.values())
+    l2, cosine = l2_and_cosine(sq, norms_sq)
     return {"weight_l2": l2, "weight_cosine": cosine}
+
+
+def exact_squared_distances(
+    reader: TensorReader, moe: MoELayer, i: np.ndarray, j: np.ndarray, target: int
+) -> tuple[np.ndarray, dict[int, float]]:
+    """(|x_i - x_j|^2 per pair, {expert: |x|^2}) summed in float64 from exact differences,
+    reading only the experts the pairs name."""
+    experts, inverse = np.unique(np.concatenate([i, j]), return_inverse=True)
+    a, b = inverse[: i.size], inverse[i.size :]
+    sq = np.zeros(i.size)
+    norms_sq = np.zeros(experts.size)
+    width = max(1, _EXACT_SLICE_BYTES // (8 * max(i.size, experts.size)))
+    for block in expert_row_blocks(reader, moe, experts, target):
+        for c0 in range(0, block.shape[1], width):
+            rows = block[:, c0 : c0 + width].astype(np.float64)
+            norms_sq += np.einsum("ij,ij->i", rows, rows)
+            diff = rows[a] - rows[b]
+            sq += np.einsum("ij,ij->i", diff, diff)
+    return sq, dict(zip(experts.tolist(), norms_sq.tolist(), strict=True))
 
 
 def function_distances(
