@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 from moetopo.bench.measure import fastest_of
 
 
@@ -50,3 +53,59 @@ def test_compression_bench_runs_tiny_and_its_floor_is_the_blocks_forward(tmp_pat
         rtol=1e-6,
         atol=1e-9,
     )
+
+
+def test_the_planner_extrapolates_per_layer_costs_to_the_published_width(tmp_path):
+    """A stage costing 1 s + 1 s per million expert parameters per layer, measured at two
+    widths, projects to its full-width cost times the layout's MoE layers; a noisy pair
+    never projects below what was measured; job logs are read by stage."""
+    from moetopo.bench.layouts import FULL_SCALE, moe_layer_count
+    from moetopo.bench.scale import extrapolate, job_costs, project, widths
+
+    assert extrapolate(1.0, 2.0, 2.0, 3.0, 10.0) == 11.0
+    assert extrapolate(1.0, 3.0, 2.0, 2.0, 10.0) == 3.0  # a falling pair: the larger
+    name = "qwen3-235b-a22b"
+    full = widths(FULL_SCALE[name][0]())
+    assert full == {"expert": 3.0 * 4096 * 1536, "hidden": 4096.0}
+    measured = []
+    for p in (1e6, 2e6):
+        cost = {"seconds": 1 + p / 1e6, "read_mib": p / 2**20, "rss_mib": 100.0}  # one job
+        measured.append({"widths": {"expert": p, "hidden": 1.0},
+                         "stages": {"cohomology": cost}})  # fmt: skip
+    (row,) = project(name, *measured)
+    assert row["per"] == "layer" and row["seconds"] == pytest.approx(1 + full["expert"] / 1e6)
+    assert moe_layer_count(name) == 94
+    assert row["hours"] == pytest.approx(row["seconds"] * 94 / 3600)
+    assert row["read_gib"] == pytest.approx(full["expert"] / 2**30)
+    for path, line in (("m/geometry/3.log", "peak RSS 90 MiB, read 12 MiB, 1.50 s"),
+                       ("m/gates.log", "INFO peak RSS 80 MiB, read 1 MiB, 0.25 s"),
+                       ("m/inventory/model-00001.log", "peak RSS 70 MiB, read 0 MiB, 0.10 s"),
+                       ("m/inventory.log", "no cost line: a failed job")):  # fmt: skip
+        (tmp_path / "logs" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "logs" / path).write_text(line + "\n")
+    jobs = {j["stage"]: j for j in job_costs(tmp_path, "m")}
+    assert set(jobs) == {"expert_geometry", "gates", "inventory_shard"}
+    assert jobs["expert_geometry"] == {"stage": "expert_geometry", "seconds": 1.5,
+                                       "read_mib": 12.0, "rss_mib": 90.0}  # fmt: skip
+
+
+EXPERTS = {"deepseek-v3": 256, "kimi-k2": 384, "qwen3-235b-a22b": 128, "llama4-maverick": 128}
+
+
+@pytest.mark.parametrize("name", list(EXPERTS))
+def test_narrowed_layouts_keep_the_experts_and_routing_of_the_published_one(tmp_path, name):
+    """What the planner measures: every expert, the published top-k, one MoE layer, at
+    1/64 of the width, with real (nonzero) expert bytes."""
+    from moetopo.bench.layouts import FULL_SCALE, reduced, write_sparse
+    from moetopo.checkpoint.experts import read_expert
+    from moetopo.checkpoint.model import open_model
+
+    published = FULL_SCALE[name][0]()
+    text = published.get("text_config", published)
+    model = open_model(write_sparse(tmp_path, *reduced(name, 64), 2))
+    assert len(model.layout.layers) == 1
+    for moe in model.layout.layers.values():
+        assert moe.n_experts == EXPERTS[name] and moe.top_k == text["num_experts_per_tok"]
+        expert = read_expert(model.reader, moe, moe.n_experts - 1)
+        assert expert.up.shape[1] * 64 == text["hidden_size"]
+        assert np.all(np.isfinite(expert.down)) and np.abs(expert.down).max() > 0

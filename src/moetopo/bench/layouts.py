@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import ml_dtypes
@@ -155,17 +155,20 @@ def _router(spec: Spec, rng: np.random.Generator) -> np.ndarray:
 def _random(spec: Spec, rng: np.random.Generator) -> np.ndarray:
     if spec.real == ROUTER:
         return _router(spec, rng)
+    if spec.name.endswith("_scale_inv"):  # FP8 block scales: positive, like trained ones
+        return rng.uniform(0.5, 1.5, spec.shape).astype(np.float32) / 64
     if spec.dtype == "F32":
         return (0.01 * rng.standard_normal(spec.shape)).astype(np.float32)
     if len(spec.shape) == 1:  # norms near one
         return (1 + 0.05 * rng.standard_normal(spec.shape)).astype(ml_dtypes.bfloat16)
-    scale = 1 / np.sqrt(spec.shape[-1])
-    out = np.empty(spec.shape, dtype=ml_dtypes.bfloat16)
+    fp8 = spec.dtype == "F8_E4M3"  # unit-scale codes; the block scales carry the size
+    scale = 1.0 if fp8 else 1 / np.sqrt(spec.shape[-1])
+    out = np.empty(spec.shape, dtype=ml_dtypes.float8_e4m3fn if fp8 else ml_dtypes.bfloat16)
     rows_per = max(1, (1 << 24) // spec.shape[-1])
     for start in range(0, spec.shape[0], rows_per):
         stop = min(spec.shape[0], start + rows_per)
-        block = rng.standard_normal((stop - start, spec.shape[-1]), dtype=np.float32) * scale
-        out[start:stop] = block.astype(ml_dtypes.bfloat16)
+        block = rng.standard_normal((stop - start, *spec.shape[1:]), dtype=np.float32) * scale
+        out[start:stop] = block.astype(out.dtype)
     return out
 
 
@@ -346,3 +349,34 @@ def write_full_scale(name: str, directory: str | Path, seed: int = 0) -> Path:
     return write_sparse(
         directory, config, list(tensors(config, real_embeddings=True)), shards, seed
     )
+
+
+def moe_layer_count(name: str) -> int:
+    """MoE layers of a FULL_SCALE layout as published (DeepSeek-V3's MTP layer included)."""
+    make_config, tensors, _ = FULL_SCALE[name]
+    return sum(spec.real == ROUTER for spec in tensors(make_config()))
+
+
+def reduced(name: str, divisor: int) -> tuple[dict, list[Spec]]:
+    """A FULL_SCALE layout narrowed ``divisor`` times (hidden, expert and dense widths,
+    ranks), with its full expert count and routing rule, one MoE layer, a 32k vocabulary
+    and real bytes in every tensor: the pipeline's per-layer costs measured on it, at two
+    divisors, extrapolate to the published widths."""
+    make_config, tensors, _ = FULL_SCALE[name]
+    config = make_config()
+    text = config.get("text_config", config)
+    for key in ("hidden_size", "intermediate_size", "moe_intermediate_size",
+                "intermediate_size_mlp", "q_lora_rank", "kv_lora_rank"):  # fmt: skip
+        if key in text:
+            text[key] //= divisor
+    text["vocab_size"] = 32768
+    if "first_k_dense_replace" in text:  # DeepSeek-V3, Kimi-K2
+        text["num_hidden_layers"] = text["first_k_dense_replace"] + 1
+        text["num_nextn_predict_layers"] = 0
+    elif "interleave_moe_layer_step" in text:  # Llama-4: MoE every step-th layer
+        text["num_hidden_layers"] = text["interleave_moe_layer_step"]
+        config["vision_config"]["num_hidden_layers"] = 1
+    else:
+        text["num_hidden_layers"] = 1
+    specs = [s if s.real == ROUTER else replace(s, real=True) for s in tensors(config)]
+    return config, specs

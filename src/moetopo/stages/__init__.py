@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable
 
 from moetopo.errors import MoetopoError
@@ -29,6 +30,7 @@ def run(snakemake, body: Callable) -> None:
         handlers=handlers,
         force=True,
     )
+    start = time.perf_counter()
     try:
         body(snakemake)
     except MoetopoError as exc:
@@ -37,7 +39,13 @@ def run(snakemake, body: Callable) -> None:
     except Exception:  # a bug: its traceback belongs in the rule's log, not only on stderr
         log.exception("moetopo failed unexpectedly; please report this log")
         sys.exit(1)
-    log.info("peak RSS %.0f MiB", peak_rss_mib())
+    # one line the benchmarks parse: what a stage costs, to plan a whole model's run
+    log.info(
+        "peak RSS %.0f MiB, read %.0f MiB, %.2f s",
+        peak_rss_mib(),
+        bytes_read() / 2**20,
+        time.perf_counter() - start,
+    )
 
 
 def peak_rss_mib() -> float:
@@ -53,6 +61,19 @@ def peak_rss_mib() -> float:
     except OSError:
         pass
     return float("nan")
+
+
+def bytes_read() -> int:
+    """Bytes this process has read through read(2) and pread(2) so far (``rchar``: from
+    the page cache or the disk alike), 0 where /proc does not say."""
+    try:
+        with open("/proc/self/io") as io:
+            for line in io:
+                if line.startswith("rchar:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def captured_file(inputs) -> str | None:
