@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import gudhi
@@ -10,15 +11,19 @@ import numpy as np
 import pandas as pd
 import persim
 import pytest
+import ripser
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy.spatial.distance import pdist, squareform
 
+from moetopo.topology import persistence
 from moetopo.topology.persistence import (
     bottleneck_distance,
     check_coefficient,
+    last_birth,
     persistent_entropy,
+    rips_barcodes,
     summarize,
     vietoris_rips_diagrams,
 )
@@ -211,3 +216,93 @@ def test_coefficients_ripser_cannot_use_are_refused_before_it_aborts(coeff):
         check_coefficient(coeff)
     with pytest.raises(ValueError, match="prime"):
         vietoris_rips_diagrams(np.ones((3, 3)) - np.eye(3), coeff=coeff)
+
+
+def sorted_bars(dgms) -> list[np.ndarray]:
+    """Each dimension's bars as a (k, 2) float64 array in lexicographic order."""
+    bars = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in dgms]
+    return [b[np.lexsort((b[:, 1], b[:, 0]))] for b in bars]
+
+
+def ripser_bars(d, maxdim, thresh=np.inf, coeff=127) -> list[np.ndarray]:
+    dgms = ripser.ripser(d, distance_matrix=True, maxdim=maxdim, coeff=coeff, thresh=thresh)
+    return sorted_bars(dgms["dgms"])
+
+
+@SETTINGS
+@given(
+    d=distance_matrices(min_n=3, max_n=30),
+    maxdim=st.sampled_from([0, 1, 2]),
+    cut=st.none() | st.floats(0.0, 1.0),
+)
+def test_rips_barcodes_are_exactly_the_bars_ripser_gives(d, maxdim, cut):
+    thresh = np.inf if cut is None else float(np.quantile(d[np.triu_indices(len(d), 1)], cut))
+    ours = sorted_bars(rips_barcodes(d, maxdim=maxdim, coeff=127, thresh=thresh))
+    theirs = ripser_bars(d, maxdim, thresh)
+    assert len(ours) == len(theirs)
+    for mine, reference in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(mine, reference)
+
+
+def spy_on_ripser(monkeypatch) -> list[float]:
+    """The thresholds of the ripser runs rips_barcodes makes, in order."""
+    calls, run = [], persistence._ripser_dgms
+
+    def spy(d, maxdim, coeff, thresh):
+        calls.append(thresh)
+        return run(d, maxdim, coeff, thresh)
+
+    monkeypatch.setattr(persistence, "_ripser_dgms", spy)
+    return calls
+
+
+def test_a_shapeless_cloud_is_one_ripser_run_stopped_early_with_every_bar(monkeypatch):
+    rng = np.random.default_rng(0)
+    d = squareform(pdist(rng.normal(size=(150, 16))))
+    calls = spy_on_ripser(monkeypatch)
+    ours = sorted_bars(rips_barcodes(d, maxdim=1, coeff=127))
+    enclosing = np.float32(d).max(axis=1).min()  # where ripser's own run stops
+    assert len(calls) == 1 and calls[0] < enclosing
+    assert len(ours[1]) > 10  # a cloud has many short H1 bars
+    for mine, reference in zip(ours, ripser_bars(d, 1), strict=True):
+        np.testing.assert_array_equal(mine, reference)
+
+
+def test_a_class_alive_at_the_early_stop_makes_the_whole_run(monkeypatch):
+    # a ring of 40 points inside a cloud of 150 in R^4: some H1 class lives on past the
+    # early stop, which only the whole run can end
+    rng = np.random.default_rng(1)
+    angles = 2 * np.pi * np.arange(40) / 40
+    ring = np.column_stack([np.cos(angles), np.sin(angles), np.zeros((40, 2))])
+    d = squareform(pdist(np.concatenate([ring, rng.normal(size=(150, 4))])))
+    calls = spy_on_ripser(monkeypatch)
+    ours = sorted_bars(rips_barcodes(d, maxdim=1, coeff=127))
+    assert len(calls) == 2 and calls[1] == np.inf
+    birth, death = ours[1].T
+    assert np.any((birth <= calls[0]) & (death > calls[0]))
+    for mine, reference in zip(ours, ripser_bars(d, 1), strict=True):
+        np.testing.assert_array_equal(mine, reference)
+
+
+def test_last_birth_of_a_square_is_its_side():
+    # sides 1 have no vertex closer to both ends; each diagonal sqrt(2) has two
+    d = squareform(pdist(np.array([[0, 0], [1, 0], [1, 1], [0, 1]], dtype=np.float64)))
+    f = d.astype(np.float32)
+    assert last_birth(f, np.float32(0.5), np.float32(2.0)) == np.float32(1.0)
+    assert last_birth(f, np.float32(1.0), np.float32(2.0)) == np.float32(1.0)  # the guess
+    assert last_birth(f, np.float32(0.5), np.float32(0.9)) == np.float32(0.5)  # nothing in
+
+
+@SETTINGS
+@given(d=distance_matrices(min_n=3, max_n=20), low=st.floats(0, 1), high=st.floats(0, 1))
+def test_last_birth_is_the_longest_edge_without_a_witness(d, low, high):
+    f = d.astype(np.float32)
+    values = np.sort(f[np.triu_indices(len(f), 1)])
+    guess = values[int(low * (values.size - 1))]
+    end = values[int(high * (values.size - 1))]
+    expected = guess
+    for u, v in itertools.combinations(range(len(f)), 2):
+        r = f[u, v]
+        if guess < r <= end and not np.any((f[u] < r) & (f[v] < r)):
+            expected = max(expected, r)
+    assert last_birth(f, guess, end) == expected

@@ -10,12 +10,19 @@ Betti numbers and sheaf ranks with numpy.linalg.matrix_rank and the Hodge projec
 diagonals from dense pseudo-inverses; it runs in a child process, given
 ``--naive-timeout`` seconds, and larger sizes are skipped once it fails to finish or its
 dense matrices would not fit.
+
+Both run as the pipeline runs the stage: in a fresh process whose BLAS and OpenMP have
+one thread (the rule has threads: 1, which snakemake passes on as OPENBLAS_NUM_THREADS
+and OMP_NUM_THREADS). Ours is timed ``--repeat`` times, the sizes taking turns, and the
+fastest run counts. The goal: a layer of 384 experts (Kimi-K2's) in under 5 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from contextlib import contextmanager
 
 import numpy as np
 from scipy.spatial.distance import pdist, squareform
@@ -124,15 +131,46 @@ def naive(case: dict, quantile: float) -> dict:
     return {"seconds": time.perf_counter() - start, "b1": int(betti1), "h0": int(h0)}
 
 
+GOAL_EXPERTS, GOAL_SECONDS = 384, 5.0
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextmanager
+def one_thread():
+    """Processes spawned inside start with one BLAS/OpenMP thread, as a threads: 1 rule's."""
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    os.environ.update(dict.fromkeys(THREAD_VARIABLES, "1"))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def ours_case(args: argparse.Namespace, n: int) -> dict:
+    ours(synthetic_layer(8, args.dim, args.seed), args.quantile)  # warm imports and caches
+    return ours(synthetic_layer(n, args.dim, args.seed, args.shape), args.quantile)
+
+
+def run_ours(args: argparse.Namespace, n: int) -> dict:
+    """``ours`` in a spawned one-thread process."""
+    with one_thread():
+        return in_fresh_process(ours_case, args, n).result
+
+
 def naive_case(args: argparse.Namespace, n: int) -> dict:
     return naive(synthetic_layer(n, args.dim, args.seed, args.shape), args.quantile)
 
 
 def run_naive(args: argparse.Namespace, n: int) -> dict | None:
-    """``naive`` in a spawned process; None when it does not finish within the timeout
-    or its process dies (out of memory below the --naive-max-gib estimate)."""
+    """``naive`` in a spawned one-thread process; None when it does not finish within the
+    timeout or its process dies (out of memory below the --naive-max-gib estimate)."""
     try:
-        measured = in_fresh_process(naive_case, args, n, timeout=args.naive_timeout)
+        with one_thread():
+            measured = in_fresh_process(naive_case, args, n, timeout=args.naive_timeout)
     except RuntimeError:
         return None
     return None if measured is None else measured.result
@@ -147,35 +185,56 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--naive-max-gib", type=float, default=4.0, help="skip larger dense B2")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shape", choices=["gaussian", "torus"], default="gaussian")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of ours per size; the fastest counts"
+    )
     args = parser.parse_args(argv)
 
-    ours(synthetic_layer(8, args.dim, args.seed), args.quantile)  # warm imports and caches
+    fastest: dict[int, dict] = {}
+    for _ in range(max(1, args.repeat)):  # rounds, so that every size sees the noise
+        for n in args.sizes:
+            result = run_ours(args, n)
+            if n not in fastest or result["seconds"] < fastest[n]["seconds"]:
+                fastest[n] = result
     print(f"{args.shape} experts in R^{args.dim}, scale = {args.quantile} distance quantile")
+    print(f"ours: fastest of {max(1, args.repeat)} runs; BLAS and OpenMP on one thread")
     header = (
         f"{'experts':>7} {'edges':>7} {'triangles':>9} {'b1':>3} {'ours s':>8} "
         f"{'naive s':>8} {'ratio':>7} {'us/tri':>7}"
     )
     print(header)
-    naive_alive = True
+    naive_alive, stopped, last_naive = True, "", ""
     for n in args.sizes:
-        result = ours(synthetic_layer(n, args.dim, args.seed, args.shape), args.quantile)
+        result = fastest[n]
         naive_cell, ratio = "-", "-"
         gib = 8 * result["n_edges"] * result["n_triangles"] / 2**30
         if naive_alive and gib > args.naive_max_gib:
             naive_alive, naive_cell = False, f">{args.naive_max_gib:g}GiB"
+            stopped = f"from {n} experts on its dense B2 would take {gib:.0f} GiB"
         elif naive_alive:
             slow = run_naive(args, n)
             if slow is None:
                 naive_alive, naive_cell = False, f">{args.naive_timeout:g}"
+                stopped = f"from {n} experts on it takes over {args.naive_timeout:g} s"
             else:
                 if (slow["b1"], slow["h0"]) != (result["b1"], result["h0"]):
                     raise AssertionError(f"naive and ours disagree at n={n}: {slow} vs {result}")
                 naive_cell = f"{slow['seconds']:.2f}"
                 ratio = f"{slow['seconds'] / result['seconds']:.1f}x"
+                last_naive = f"{n} experts: naive {naive_cell} s, ours {result['seconds']:.2f} s"
         per_triangle = 1e6 * result["seconds"] / max(1, result["n_triangles"])
         print(
             f"{n:>7} {result['n_edges']:>7} {result['n_triangles']:>9} {result['b1']:>3} "
             f"{result['seconds']:>8.2f} {naive_cell:>8} {ratio:>7} {per_triangle:>7.2f}",
             flush=True,
         )
+    if GOAL_EXPERTS in fastest:
+        seconds = fastest[GOAL_EXPERTS]["seconds"]
+        verdict = "met" if seconds < GOAL_SECONDS else "NOT met"
+        print(f"{GOAL_EXPERTS} experts: {seconds:.2f} s (goal < {GOAL_SECONDS:g} s: {verdict})")
+        if naive_alive:
+            print(f"baseline in this run: naive at {GOAL_EXPERTS} experts in the table above")
+        else:
+            ran = f"; the largest it ran: {last_naive}" if last_naive else ""
+            print(f"baseline in this run: naive skipped {stopped}{ran}")
     return 0

@@ -117,15 +117,24 @@ def rips_complex(distances: np.ndarray, epsilon: float) -> RipsComplex:
 
 def boundary_matrices(cx: RipsComplex) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
     """Oriented boundary matrices B1 (n x m) and B2 (m x t) as CSR, with B1 @ B2 == 0."""
-    n, m, t = cx.n_vertices, cx.n_edges, cx.n_triangles
+    return edge_boundary(cx), triangle_boundary(cx)
+
+
+def edge_boundary(cx: RipsComplex) -> sparse.csr_matrix:
+    """B1 (n x m) of :func:`boundary_matrices` alone."""
+    n, m = cx.n_vertices, cx.n_edges
     cols = np.repeat(np.arange(m), 2)
     rows = cx.edges.ravel()
     vals = np.tile([-1.0, 1.0], m)
-    b1 = sparse.csr_matrix((vals, (rows, cols)), shape=(n, m))
+    return sparse.csr_matrix((vals, (rows, cols)), shape=(n, m))
+
+
+def triangle_boundary(cx: RipsComplex) -> sparse.csr_matrix:
+    """B2 (m x t) of :func:`boundary_matrices` alone."""
+    m, t = cx.n_edges, cx.n_triangles
     index = cx.edge_index()
     i, j, k = cx.triangles.T if t else (np.zeros(0, np.int64),) * 3
     rows = np.column_stack([index[j, k], index[i, k], index[i, j]]).ravel()
     cols = np.repeat(np.arange(t), 3)
     vals = np.tile([1.0, -1.0, 1.0], t)
-    b2 = sparse.csr_matrix((vals, (rows, cols)), shape=(m, t))
-    return b1, b2
+    return sparse.csr_matrix((vals, (rows, cols)), shape=(m, t))

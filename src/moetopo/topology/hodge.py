@@ -24,7 +24,12 @@ from scipy import linalg, sparse
 from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import lsqr
 
-from moetopo.topology.complex import RipsComplex, boundary_matrices
+from moetopo.topology.complex import (
+    RipsComplex,
+    boundary_matrices,
+    edge_boundary,
+    triangle_boundary,
+)
 from moetopo.topology.persistence import check_coefficient
 
 
@@ -148,7 +153,7 @@ def projector_diagonals(
     m = cx.n_edges
     if m == 0:
         return ProjectorDiagonals(np.zeros(0), np.zeros(0), 0, 0.0, 0)
-    b1, b2 = boundary_matrices(cx)
+    b1 = edge_boundary(cx)  # B2 only where the harmonic part needs it
     inverse = _gauge_fixed_inverse(cx, b1)
     i, j = cx.edges.T
     gradient = inverse[i, i] + inverse[j, j] - inverse[i, j] - inverse[j, i]
@@ -158,6 +163,7 @@ def projector_diagonals(
     elif cx.n_triangles == 0:
         harmonic = 1.0 - gradient
     else:
+        b2 = triangle_boundary(cx)
         rng = np.random.default_rng(0)
         flows = rng.standard_normal((m, betti1 + oversample))
         rest = flows - b1.T @ (inverse @ (b1 @ flows))

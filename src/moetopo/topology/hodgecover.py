@@ -40,8 +40,15 @@ def triplet_barrier(
     order = np.arange(len(triangles))
     if distances is not None and len(triangles):
         i, j, k = triangles.T
+        diameter = np.maximum(np.maximum(distances[i, j], distances[i, k]), distances[j, k])
+        if max_triangles is not None and max_triangles < len(triangles):
+            # the first max_triangles all lie within the max_triangles-th smallest diameter:
+            # sort those only
+            cut = np.partition(diameter, max_triangles - 1)[max_triangles - 1]
+            order = np.flatnonzero(diameter <= cut)
+        i, j, k = triangles[order].T
         sides = np.column_stack([distances[i, j], distances[i, k], distances[j, k]])
-        order = np.lexsort((order, sides.sum(axis=1), sides.max(axis=1)))
+        order = order[np.lexsort((order, sides.sum(axis=1), diameter[order]))]
     if max_triangles is not None:
         order = order[:max_triangles]
     cache: dict[tuple[int, int], float] = {}

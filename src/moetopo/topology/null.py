@@ -38,12 +38,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import ripser
 from scipy.sparse.csgraph import minimum_spanning_tree
 from scipy.spatial.distance import pdist, squareform
 
 from moetopo.topology.complex import check_distance_matrix
-from moetopo.topology.persistence import bottleneck_distance, vietoris_rips_diagrams
+from moetopo.topology.persistence import (
+    bottleneck_distance,
+    rips_barcodes,
+    vietoris_rips_diagrams,
+)
 
 
 def mds_variances(distances: np.ndarray) -> np.ndarray:
@@ -164,8 +167,8 @@ def calibrate(
     lengths = []
     for b in range(draws):
         null = sample(rng)
-        dgms = ripser.ripser(null, distance_matrix=True, maxdim=maxdim, coeff=coeff)["dgms"]
-        dgms = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in dgms]
+        # ripser's bars, in less than half its time (the null draws are most of the stage's)
+        dgms = rips_barcodes(null, maxdim=maxdim, coeff=coeff)
         unit = spacing(dgms[0][:, 1])
         bars = [(g[:, 1] - g[:, 0])[np.isfinite(g[:, 1])] / unit for g in dgms]
         lengths.append(bars)
