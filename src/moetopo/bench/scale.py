@@ -203,9 +203,9 @@ def print_projection(name: str, rows: list[dict], divisors: tuple[int, int]) -> 
     total = sum(r["hours"] for r in rows)
     print(f"\n{name}: {moe_layer_count(name)} MoE layers, projected {total:.1f} h on 2 cores"
           f" (measured at 1/{divisors[0]} and 1/{divisors[1]} of its widths)")  # fmt: skip
-    print(f"  {'stage':22s} {'s per unit':>11s} {'GiB read':>9s} {'peak RSS':>9s} {'hours':>7s}")
+    print(f"  {'stage':32s} {'s per unit':>11s} {'GiB read':>9s} {'peak RSS':>9s} {'hours':>7s}")
     for r in rows:
-        print(f"  {r['stage'] + ' (per ' + r['per'] + ')':22s} {r['seconds']:11.1f} "
+        print(f"  {r['stage'] + ' (per ' + r['per'] + ')':32s} {r['seconds']:11.1f} "
               f"{r['read_gib']:9.2f} {r['rss_mib']:6.0f} MiB {r['hours']:7.2f}")  # fmt: skip
 
 
