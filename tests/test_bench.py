@@ -86,7 +86,8 @@ def test_the_planner_extrapolates_per_layer_costs_to_the_published_width(tmp_pat
     jobs = {j["stage"]: j for j in job_costs(tmp_path, "m")}
     assert set(jobs) == {"expert_geometry", "gates", "inventory_shard"}
     assert jobs["expert_geometry"] == {"stage": "expert_geometry", "seconds": 1.5,
-                                       "read_mib": 12.0, "rss_mib": 90.0}  # fmt: skip
+                                       "read_mib": 12.0, "rss_mib": 90.0,
+                                       "log": "logs/m/geometry/3.log"}  # fmt: skip
 
 
 EXPERTS = {"deepseek-v3": 256, "kimi-k2": 384, "qwen3-235b-a22b": 128, "llama4-maverick": 128}

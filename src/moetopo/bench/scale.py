@@ -66,15 +66,6 @@ def job_count(output: str) -> int:
     return int(found.group(1)) if found else 0
 
 
-def largest_job(workdir: Path) -> tuple[float, str]:
-    """(peak RSS in MiB, log file) of the hungriest job, from the jobs' own logs."""
-    best = (0.0, "")
-    for log in (workdir / "logs").rglob("*.log"):
-        for match in re.finditer(r"peak RSS (\d+) MiB", log.read_text(errors="replace")):
-            best = max(best, (float(match.group(1)), str(log.relative_to(workdir))))
-    return best
-
-
 def new_run(run: Path, name: str, model_dir: Path) -> None:
     """A working directory whose sheet holds the one model."""
     (run / "config").mkdir(parents=True)
@@ -94,7 +85,8 @@ def run_layout(name: str, root: Path) -> dict:
     new_run(run, name, model_dir)
     dag_seconds, dry = snakemake(run, "--dry-run", "--cores", "2")
     run_seconds, _ = snakemake(run, "--cores", "2")
-    peak, where = largest_job(run)
+    nothing = {"rss_mib": 0.0, "log": ""}
+    largest = max(job_costs(run, name), key=lambda job: job["rss_mib"], default=nothing)
     apparent = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / 2**30
     shutil.rmtree(model_dir)
     return {
@@ -104,8 +96,8 @@ def run_layout(name: str, root: Path) -> dict:
         "dag_s": dag_seconds,
         "run_s": run_seconds,
         "write_s": written,
-        "peak_mib": peak,
-        "peak_job": where,
+        "peak_mib": largest["rss_mib"],
+        "peak_job": largest["log"],
         "report": (run / "results" / "report" / "index.html").exists(),
     }
 
@@ -119,7 +111,8 @@ PER_SHARD = {"inventory": "inventory_shard"}
 
 
 def job_costs(workdir: Path, model: str) -> list[dict]:
-    """One row per finished job of ``model``: its stage, seconds, MiB read, peak RSS."""
+    """One row per finished job of ``model``: its stage, seconds, MiB read, peak RSS and
+    log file."""
     rows = []
     for log in sorted((workdir / "logs").rglob("*.log")):
         found = JOB_LINE.search(log.read_text(errors="replace"))
@@ -132,7 +125,7 @@ def job_costs(workdir: Path, model: str) -> list[dict]:
             stage = parts[-1]
         rss, mib, seconds = found.groups()
         rows.append({"stage": stage, "seconds": float(seconds), "read_mib": float(mib),
-                     "rss_mib": float(rss)})  # fmt: skip
+                     "rss_mib": float(rss), "log": str(log.relative_to(workdir))})  # fmt: skip
     return rows
 
 

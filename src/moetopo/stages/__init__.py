@@ -53,27 +53,26 @@ def peak_rss_mib() -> float:
 
     Not ``ru_maxrss``: that is carried across fork and exec, so a spawned benchmark
     child would report its parent's peak."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    kib = _proc_self("status", "VmHWM:")
+    return float("nan") if kib is None else kib / 1024
 
 
 def bytes_read() -> int:
     """Bytes this process has read through read(2) and pread(2) so far (``rchar``: from
     the page cache or the disk alike), 0 where /proc does not say."""
+    return _proc_self("io", "rchar:") or 0
+
+
+def _proc_self(name: str, key: str) -> int | None:
+    """The first number after ``key`` in /proc/self/``name``, None where there is none."""
     try:
-        with open("/proc/self/io") as io:
-            for line in io:
-                if line.startswith("rchar:"):
+        with open(f"/proc/self/{name}") as lines:
+            for line in lines:
+                if line.startswith(key):
                     return int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return None
 
 
 def captured_file(inputs) -> str | None:
