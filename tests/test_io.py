@@ -694,7 +694,7 @@ def test_reopening_from_an_inventory_refuses_a_shard_that_changed_since(tmp_path
     model = write_family(
         random_model(n_layers=2, n_experts=4), "mixtral", tmp_path / "m", n_shards=2
     )
-    frames = [shard_rows(p) for p in sorted(model.glob("*.safetensors"))]
+    frames = [shard_rows(model, p.name) for p in sorted(model.glob("*.safetensors"))]
     columns, summary, _ = merge_inventory(model, frames)
     inventory = tmp_path / "inventory.parquet"
     write_table(columns, inventory, "inventory", extra={"shards": summary["shards"]})

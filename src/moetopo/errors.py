@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# Local files that stand for remote ones (a remote model's cache mirror) -> the URL a
+# user knows them by, so an error names what they asked for, not the cache.
+DISPLAY_NAMES: dict[str, str] = {}
+
 
 class MoetopoError(Exception):
     """Base class: a problem with the user's input, not a bug in moetopo."""
@@ -13,7 +17,7 @@ class CheckpointError(MoetopoError):
     """A checkpoint file or index is malformed or unsupported."""
 
     def __init__(self, path: str | Path, problem: str, tensor: str | None = None):
-        self.path = str(path)
+        self.path = DISPLAY_NAMES.get(str(path), str(path))
         self.tensor = tensor
         self.problem = problem
         where = f"{self.path}" + (f" [tensor {tensor!r}]" if tensor else "")

@@ -44,6 +44,10 @@ def get_model_path(wildcards):
 
 
 def get_shard_file(wildcards):
+    """A local shard is the job's input; a remote one's mirror is not (fetching ranges into
+    it changes its time stamp, which must not re-run the jobs that read it)."""
+    if SHEET.is_remote(wildcards.model):
+        return []
     return SHEET.shard_path(wildcards.model, wildcards.shard)
 
 
@@ -121,14 +125,16 @@ def get_compression_layer_params():
 
 def end_to_end_models():
     """Models scored end to end: torch and transformers installed, held-out text known
-    (the zoo's own, or compression.eval_text) and small enough for a CPU."""
+    (the zoo's own, or compression.eval_text), small enough for a CPU, and on local disk
+    (transformers would download a remote model whole)."""
     settings = config["compression"]
     if not (compression_enabled() and settings["end_to_end"] and can_run_models()):
         return []
     return [
         m
         for m in SHEET.names
-        if (settings["eval_text"] or zoo_entry(Path(SHEET.path(m))))
+        if not SHEET.is_remote(m)
+        and (settings["eval_text"] or zoo_entry(Path(SHEET.path(m))))
         and SHEET.layout(m).params["total_params"] <= settings["end_to_end_max_params"]
     ]
 

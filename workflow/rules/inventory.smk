@@ -13,6 +13,8 @@ rule inventory_shard:
     resources:
         mem_mb=512,
         runtime=5,
+    params:
+        path=get_model_path,
     script:
         "../scripts/inventory_shard.py"
 

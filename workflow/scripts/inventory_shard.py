@@ -4,7 +4,7 @@ from moetopo.stages.inventory_shard import shard_rows
 
 
 def main(snakemake):
-    rows, meta = shard_rows(snakemake.input[0])
+    rows, meta = shard_rows(snakemake.params.path, snakemake.wildcards.shard)
     write_table(rows, snakemake.output[0], "shard_header", extra=meta)
 
 

@@ -44,7 +44,7 @@ def ours(model_dir: str, out_dir: str) -> tuple[int, dict[str, float]]:
 
     paths = []
     for shard in list_shards(model_dir).shards:
-        rows, meta = shard_rows(Path(model_dir) / shard)
+        rows, meta = shard_rows(model_dir, shard)
         paths.append(out / "inventory" / f"{shard}.parquet")
         write_table(rows, paths[-1], "shard_header", extra=meta)
     lap("inventory_shard: parse + write 163 headers")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from moetopo.checkpoint import remote
 from moetopo.errors import CheckpointError
 
 # Bytes per element of every safetensors dtype moetopo reads. Kept here, free of numpy,
@@ -125,6 +126,7 @@ def read_shard_header(path: str | Path, shard: str | None = None) -> ShardHeader
         raise CheckpointError(path, "not a regular file (a FIFO, device or directory): refused")
     try:
         file_size = os.path.getsize(path)
+        remote.ensure(path, 0, min(8, file_size))
         with open(path, "rb") as handle:
             prefix = handle.read(8)
             if len(prefix) < 8:
@@ -139,6 +141,7 @@ def read_shard_header(path: str | Path, shard: str | None = None) -> ShardHeader
                     f"header length {header_len} runs beyond the file ({file_size} bytes): "
                     "truncated or not a safetensors file",
                 )
+            remote.ensure(path, 8, 8 + header_len)
             raw = handle.read(header_len)
     except OSError as exc:
         raise CheckpointError(path, f"cannot read shard: {exc.strerror or exc}") from exc

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moetopo.checkpoint import remote
 from moetopo.checkpoint.dtypes import (
     ELEMENT_TYPES,
     apply_block_scales,
@@ -222,6 +223,7 @@ def read_exactly(path: Path, offset: int, out: np.ndarray, tensor: str | None = 
     if not out.flags.c_contiguous:  # reshape would copy, and the bytes land in the copy
         raise ValueError(f"{tensor}: reading into an array that is not C-contiguous")
     view = memoryview(out.reshape(-1).view(np.uint8))
+    remote.ensure(path, offset, offset + len(view), tensor)
     fd = os.open(path, os.O_RDONLY)
     try:
         done = 0

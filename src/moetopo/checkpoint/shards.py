@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from moetopo.checkpoint import remote
 from moetopo.checkpoint.header import ShardHeader, TensorEntry, gc_paused, read_shard_header
 from moetopo.errors import CheckpointError
 from moetopo.families.moe_rules import SUB_CONFIGS
@@ -55,7 +56,10 @@ class Checkpoint:
 
 
 def list_shards(path: str | Path) -> ShardList:
-    """Find a model's shards without reading them; refuse pickle checkpoints."""
+    """Find a model's shards without reading them; refuse pickle checkpoints. A remote
+    model (hf://, https://) is listed from its local mirror (:mod:`.remote`)."""
+    if remote.is_remote(path):
+        path = remote.mirror(path).path
     path = Path(path)
     if not path.exists():
         raise CheckpointError(path, "no such file or directory")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from moetopo.checkpoint import remote
 from moetopo.checkpoint.layout import ModelLayout
 from moetopo.checkpoint.shards import Checkpoint
 
@@ -9,7 +10,7 @@ from moetopo.checkpoint.shards import Checkpoint
 def model_summary(checkpoint: Checkpoint, layout: ModelLayout) -> dict:
     """model.json: what the model is, which layers are MoE, how many parameters a token uses."""
     return {
-        "path": str(checkpoint.root),
+        "path": remote.display(checkpoint.root),
         "family": layout.family,
         "detected_by": layout.detected_by,
         "architecture": layout.architecture,
@@ -47,6 +48,7 @@ def model_summary(checkpoint: Checkpoint, layout: ModelLayout) -> dict:
                 "name": s,
                 "bytes": checkpoint.headers[s].file_size,
                 "digest": checkpoint.headers[s].digest,
+                **(remote.provenance(checkpoint.shard_path(s)) or {}),
             }
             for s in checkpoint.shards
         ],

@@ -14,6 +14,7 @@ import pandas as pd
 
 from moetopo.checkpoint.captured import captured_shapes, check_layers
 from moetopo.checkpoint.layout import ModelLayout, build_layout
+from moetopo.checkpoint.remote import is_remote
 from moetopo.checkpoint.shards import ShardList, list_shards, open_checkpoint
 from moetopo.errors import MoetopoError
 from moetopo.stats.design import DESIGN_COLUMNS
@@ -57,7 +58,12 @@ class ModelSheet:
         return list(self.table.index)
 
     def path(self, model: str) -> str:
-        return str(Path(self.table.loc[model, "path"]))
+        """The model's location: a normalised local path, or a remote one as written."""
+        path = self.table.loc[model, "path"]
+        return path if is_remote(path) else str(Path(path))
+
+    def is_remote(self, model: str) -> bool:
+        return is_remote(self.path(model))
 
     def family(self, model: str) -> str:
         return self.table.loc[model].get("family", "")

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from moetopo.checkpoint import remote
 from moetopo.errors import MoetopoError
 
 log = logging.getLogger("moetopo")
@@ -39,6 +40,13 @@ def run(snakemake, body: Callable) -> None:
     except Exception:  # a bug: its traceback belongs in the rule's log, not only on stderr
         log.exception("moetopo failed unexpectedly; please report this log")
         sys.exit(1)
+    if remote.FETCHED.requests:
+        log.info(
+            "fetched %.1f MiB in %d requests of remote models totalling %.1f GiB",
+            remote.FETCHED.bytes / 2**20,
+            remote.FETCHED.requests,
+            remote.mirrored_bytes() / 2**30,
+        )
     # one line the benchmarks parse: what a stage costs, to plan a whole model's run
     log.info(
         "peak RSS %.0f MiB, read %.0f MiB, %.2f s",

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from moetopo.artefacts.reopen import checkpoint_from_inventory
+from moetopo.checkpoint import remote
 from moetopo.checkpoint.model import OpenModel
 from moetopo.checkpoint.prefetch import prefetched
 from moetopo.checkpoint.reader import TensorReader
@@ -41,6 +42,18 @@ class Routers:
         checkpoint = checkpoint_from_inventory(path, inventory, logical=wanted)
         return cls(TensorReader(checkpoint), layers, summary["routing"]["router_bias"])
 
+    def prefetch(self) -> None:
+        """Fetch every router's bytes of a remote model, many requests in flight (a
+        no-op for a local model)."""
+        names = [name for _, router, bias in self.layers for name in (router, bias) if name]
+        stored = [self.reader.tensor(n) for n in names]
+        remote.prefetch(
+            (self.reader.checkpoint.shard_path(e.shard), e.begin, e.end, e.name)
+            for lt in stored
+            for e in (lt.data, lt.scale)
+            if e is not None
+        )
+
 
 def gate_batches(routers: Routers, warnings: list[str]) -> Iterator[dict[str, np.ndarray]]:
     """Per MoE layer: rows (layer, expert, weight, bias, selection_bias, norm, finite).
@@ -50,6 +63,7 @@ def gate_batches(routers: Routers, warnings: list[str]) -> Iterator[dict[str, np
     layer's router is read while the caller writes this one.
     """
     layers = routers.layers
+    routers.prefetch()
     for _, (batch, warning) in prefetched(layers, lambda item, _: _gate_batch(routers, *item)):
         if warning:
             warnings.append(warning)
