@@ -54,13 +54,13 @@ class RetryPolicy:
     """How long to keep trying one request: exponential backoff from ``first_delay``
     (capped at ``max_delay``, or what Retry-After asks), for at most ``max_wait`` seconds."""
 
-    max_wait: float = float(os.environ.get("MOETOPO_REMOTE_MAX_WAIT", 300))
+    max_wait: float = 300.0
     first_delay: float = 0.5
     max_delay: float = 30.0
     timeout: float = 60.0
 
 
-POLICY = RetryPolicy()
+POLICY = RetryPolicy(max_wait=float(os.environ.get("MOETOPO_REMOTE_MAX_WAIT", 300)))
 
 
 def is_remote(path: str | os.PathLike) -> bool:
@@ -171,11 +171,12 @@ def http_get(
     hub: bool,
     byte_range: tuple[int, int] | None = None,
     tensor: str | None = None,
-    policy: RetryPolicy = POLICY,
 ) -> Response:
     """GET ``url`` (the bytes ``[begin, end)`` of it with ``byte_range``), checked and
     retried as the module says. A 404 raises FileNotFoundError."""
     import httpx2
+
+    policy = POLICY
 
     headers = _auth(hub)
     if byte_range is not None:
@@ -197,8 +198,8 @@ def http_get(
         if elapsed + delay > policy.max_wait:
             raise CheckpointError(
                 url,
-                f"gave up after {attempt} attempt(s) in {elapsed:.0f} s (limit "
-                f"{policy.max_wait:.0f} s, MOETOPO_REMOTE_MAX_WAIT); last: {reason}",
+                f"gave up after {attempt} attempt(s) in {elapsed:.1f} s (limit "
+                f"{policy.max_wait:g} s, MOETOPO_REMOTE_MAX_WAIT); last: {reason}",
                 tensor,
             )
         time.sleep(delay)

@@ -41,11 +41,13 @@ def run(snakemake, body: Callable) -> None:
         log.exception("moetopo failed unexpectedly; please report this log")
         sys.exit(1)
     if remote.FETCHED.requests:
+        total = remote.mirrored_bytes()
         log.info(
-            "fetched %.1f MiB in %d requests of remote models totalling %.1f GiB",
-            remote.FETCHED.bytes / 2**20,
+            "fetched %s in %d requests: %.4f%% of the remote model's %s",
+            _size(remote.FETCHED.bytes),
             remote.FETCHED.requests,
-            remote.mirrored_bytes() / 2**30,
+            100 * remote.FETCHED.bytes / max(total, 1),
+            _size(total),
         )
     # one line the benchmarks parse: what a stage costs, to plan a whole model's run
     log.info(
@@ -54,6 +56,10 @@ def run(snakemake, body: Callable) -> None:
         bytes_read() / 2**20,
         time.perf_counter() - start,
     )
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.2f} MiB"
 
 
 def peak_rss_mib() -> float:

@@ -1,0 +1,165 @@
+"""Remote checkpoints over HTTP: the hub's URL shape and a plain directory, served on
+loopback by a server that also misbehaves on demand."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from moetopo.checkpoint import remote
+from moetopo.checkpoint.reader import TensorReader
+from moetopo.checkpoint.shards import open_checkpoint
+from moetopo.errors import CheckpointError
+from moetopo.fixtures.families import write_family
+from moetopo.fixtures.http_server import CheckpointServer, Fault
+from moetopo.fixtures.model import random_model
+
+
+@pytest.fixture(scope="module")
+def local_model(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("remote") / "tiny"
+    return write_family(random_model(n_layers=2, n_experts=4), "deepseek_v3", directory, n_shards=3)
+
+
+@pytest.fixture
+def server(local_model, tmp_path, monkeypatch):
+    """The tiny model served as hub repository org/tiny, with a fresh cache and no mirror
+    remembered by this process."""
+    monkeypatch.setenv("MOETOPO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
+    forget(monkeypatch)
+    with CheckpointServer() as srv:
+        srv.add("org/tiny", local_model)
+        monkeypatch.setenv("HF_ENDPOINT", srv.endpoint)
+        yield srv
+
+
+def forget(monkeypatch) -> None:
+    """A new process: no mirror opened, nothing counted."""
+    monkeypatch.setattr(remote, "_OPEN", {})
+    monkeypatch.setattr(remote, "_MIRRORS", {})
+    monkeypatch.setattr(remote, "FETCHED", remote.FetchStats())
+
+
+def read_all(checkpoint, names=None) -> dict[str, np.ndarray]:
+    reader = TensorReader(checkpoint)
+    return {n: reader.read(n) for n in (names or sorted(reader.logical))}
+
+
+def fetched_ranges(server) -> dict[str, list[tuple[int, int]]]:
+    ranges: dict[str, list[tuple[int, int]]] = {}
+    for served in server.log:
+        if served.status in (200, 206):
+            ranges.setdefault(served.file, []).append((served.begin, served.end))
+    return ranges
+
+
+def test_a_hub_model_reads_exactly_as_the_local_one(server, local_model):
+    checkpoint = open_checkpoint("hf://org/tiny")
+    local = open_checkpoint(local_model)
+    assert {n: e[2:] for n, e in checkpoint.tensors.items()} == {
+        n: e[2:] for n, e in local.tensors.items()
+    }
+    ours, theirs = read_all(checkpoint), read_all(local)
+    for name, values in theirs.items():
+        np.testing.assert_array_equal(ours[name], values, err_msg=name)
+    served = [*local_model.glob("*.safetensors"), local_model / "config.json"]
+    served.append(local_model / "model.safetensors.index.json")
+    assert remote.FETCHED.bytes == sum(p.stat().st_size for p in served)  # each byte once
+
+
+def test_a_plain_http_directory_and_a_pinned_revision(server, local_model):
+    plain = open_checkpoint(server.plain("org/tiny"))
+    pinned = open_checkpoint(f"hf://org/tiny@{server.revision}")
+    local = open_checkpoint(local_model)
+    assert set(plain.tensors) == set(pinned.tensors) == set(local.tensors)
+    assert any(f"/resolve/{server.revision}/" in url for url in remote.DISPLAY_NAMES.values())
+
+
+def test_the_summary_records_where_each_shard_came_from(server, local_model):
+    from moetopo.checkpoint.layout import build_layout
+    from moetopo.checkpoint.summary import model_summary
+
+    checkpoint = open_checkpoint("hf://org/tiny")
+    summary = model_summary(checkpoint, build_layout(checkpoint))
+    assert summary["path"] == "hf://org/tiny"
+    for shard in summary["shards"]:
+        assert shard["source"] == f"{server.endpoint}/org/tiny/resolve/main/{shard['name']}"
+        assert shard["revision"] == server.revision
+        assert shard["etag"].startswith('"')
+
+
+def test_a_second_run_fetches_nothing_and_a_resumed_run_nothing_twice(server, monkeypatch):
+    names = sorted(TensorReader(open_checkpoint("hf://org/tiny")).logical)
+    read_all(open_checkpoint("hf://org/tiny"), names[: len(names) // 2])  # then killed
+    forget(monkeypatch)
+    read_all(open_checkpoint("hf://org/tiny"))  # resumed
+    for file, ranges in fetched_ranges(server).items():
+        total = sum(e - b for b, e in ranges)
+        union = sum(e - b for b, e in remote._merged([list(r) for r in ranges]))
+        assert total == union, f"{file}: bytes fetched twice"
+    before = len(server.log)
+    forget(monkeypatch)
+    read_all(open_checkpoint("hf://org/tiny"))
+    assert len(server.log) == before and remote.FETCHED.requests == 0
+
+
+def test_large_ranges_go_as_parts_in_flight_at_once(server, local_model, monkeypatch):
+    monkeypatch.setattr(remote, "PART_BYTES", 1000)
+    ours = read_all(open_checkpoint("hf://org/tiny"))
+    theirs = read_all(open_checkpoint(local_model))
+    for name, values in theirs.items():
+        np.testing.assert_array_equal(ours[name], values, err_msg=name)
+    assert max(s.end - s.begin for s in server.log if s.status == 206) == 1000
+
+
+@pytest.mark.parametrize("kind", ["drop", "503", "short", "wrong_range"])
+def test_a_transient_fault_is_retried_and_recovers(server, local_model, kind, monkeypatch):
+    monkeypatch.setattr(remote, "POLICY", remote.RetryPolicy(max_wait=30, first_delay=0.02))
+    checkpoint = open_checkpoint("hf://org/tiny")
+    server.faults.append(Fault(kind, match="00002", count=2, retry_after=0.05))
+    ours = read_all(checkpoint)
+    for name, values in read_all(open_checkpoint(local_model)).items():
+        np.testing.assert_array_equal(ours[name], values, err_msg=name)
+    assert server.faults[0].count == 0  # both faults were served, and survived
+
+
+def test_a_fault_that_lasts_ends_in_a_clear_error_in_bounded_time(server, monkeypatch):
+    checkpoint = open_checkpoint("hf://org/tiny")
+    monkeypatch.setattr(remote, "POLICY", remote.RetryPolicy(max_wait=0.6, first_delay=0.05))
+    server.faults.append(Fault("503", count=10_000, retry_after=0.05))
+    start = time.monotonic()
+    with pytest.raises(CheckpointError) as error:
+        read_all(checkpoint)
+    assert time.monotonic() - start < 5
+    message = str(error.value)
+    assert f"{server.endpoint}/org/tiny/resolve/main/model-" in message
+    assert "[tensor '" in message and "gave up" in message and "HTTP 503" in message
+
+
+def test_a_file_changed_mid_run_is_an_error_not_a_mix(server):
+    checkpoint = open_checkpoint("hf://org/tiny")
+    server.faults.append(Fault("change_etag", count=1))
+    with pytest.raises(CheckpointError, match="the remote file changed"):
+        read_all(checkpoint)
+
+
+def test_a_missing_model_says_what_was_looked_for(server):
+    with pytest.raises(CheckpointError, match="no model.safetensors.index.json and no model"):
+        open_checkpoint("hf://org/absent")
+
+
+def test_the_token_goes_to_the_hub_only_and_is_written_nowhere(server, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_for_the_test")
+    monkeypatch.delenv("HF_HUB_DISABLE_IMPLICIT_TOKEN")
+    open_checkpoint("hf://org/tiny")
+    hub = [s.authorization for s in server.log]
+    open_checkpoint(server.plain("org/tiny"))
+    plain = [s.authorization for s in server.log[len(hub) :]]
+    assert hub and all(a == "Bearer hf_secret_for_the_test" for a in hub)
+    assert plain and not any(plain)
+    for path in (tmp_path / "cache").rglob("*.json"):
+        assert "hf_secret" not in path.read_text()
