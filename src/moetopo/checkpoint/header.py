@@ -119,9 +119,14 @@ class ShardHeader:
 
 @gc_paused()
 def read_shard_header(path: str | Path, shard: str | None = None) -> ShardHeader:
-    """Parse and validate the header of ``path``; ``shard`` is the name recorded for it."""
+    """Parse and validate the header of ``path``; ``shard`` is the name recorded for it.
+    A ``.gguf`` file is parsed as GGUF (:func:`moetopo.checkpoint.gguf.read_gguf_header`)."""
     path = Path(path)
     shard = shard if shard is not None else path.name
+    if path.suffix == ".gguf":
+        from moetopo.checkpoint.gguf import read_gguf_header  # imports numpy: GGUF only
+
+        return read_gguf_header(path, shard)[0]
     if path.exists() and not path.is_file():  # a FIFO would block the read forever
         raise CheckpointError(path, "not a regular file (a FIFO, device or directory): refused")
     try:

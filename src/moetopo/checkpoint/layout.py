@@ -26,7 +26,7 @@ from moetopo.families.moe_rules import (
     is_whole,
     predicted_moe_layers,
 )
-from moetopo.families.spec import EXPERT_ROLES, Template, skeleton
+from moetopo.families.spec import EXPERT_ROLES, Template, routed_by_config, skeleton
 from moetopo.families.structural import structural_spec
 
 # Far above any model's depth, far below what a list of layers can hold.
@@ -86,6 +86,7 @@ class MoELayer:
     shared: dict[str, str] = field(default_factory=dict)
     shared_router: str | None = None
     expert_params: int = 0
+    tied_down: bool = False  # down is up transposed (one stored matrix per expert)
 
 
 @dataclass
@@ -200,7 +201,7 @@ def _family(config, logical, family, warnings, checkpoint) -> tuple[FamilySpec, 
             raise CheckpointError(
                 checkpoint.root, f"unknown family {family!r} (known: {', '.join(families)})"
             )
-        return families[family], "given"
+        return routed_by_config(families[family], config), "given"
     spec, how = match_family(config, logical)
     if spec is not None:
         return spec, how
@@ -300,7 +301,9 @@ def _moe_layers(spec, config, roles, logical, checkpoint, warnings) -> dict[int,
                 f"router of layer {layer} has shape {list(shape)}, not [n_experts, hidden]",
                 tensor=router.name,
             )
-        moe = MoELayer(layer=layer, n_experts=shape[0], top_k=0, router=router.name)
+        moe = MoELayer(
+            layer=layer, n_experts=shape[0], top_k=0, router=router.name, tied_down=spec.tied_down
+        )
         moe.top_k = _layer_top_k(spec, config, layer, moe.n_experts, warnings)
         _fill_layer(moe, members, logical, checkpoint, warnings)
         layers[layer] = moe

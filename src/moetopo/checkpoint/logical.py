@@ -1,8 +1,9 @@
 """Logical tensors: what a model means by a weight, folded from header entries.
 
 A logical tensor is a plain tensor, an FP8 tensor with its ``*_scale_inv`` /
-``*_scale`` companion, or an MXFP4 pair ``X_blocks`` + ``X_scales``. Header-only
-like :mod:`.header` (no numpy), so ``moetopo inspect`` starts fast.
+``*_scale`` companion, an MXFP4 pair ``X_blocks`` + ``X_scales``, or a GGUF tensor of a
+GGML block-quantised type (``Q4_K``, ...). Header-only like :mod:`.header` (no numpy), so
+``moetopo inspect`` starts fast.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from moetopo.checkpoint.header import TensorEntry
+from moetopo.checkpoint.header import ITEMSIZE, TensorEntry
 
 FP8_TYPES = frozenset({"F8_E4M3", "F8_E5M2"})
 MXFP4_BLOCK = 32  # values per shared E8M0 scale; 16 bytes of packed nibbles
@@ -20,7 +21,7 @@ class LogicalTensor(NamedTuple):
     """A weight as the model uses it, with the physical tensors that encode it."""
 
     name: str
-    kind: str  # "plain" | "fp8" | "mxfp4"
+    kind: str  # "plain" | "fp8" | "mxfp4" | "ggml"
     data: TensorEntry
     scale: TensorEntry | None
     shape: tuple[int, ...]
@@ -52,6 +53,8 @@ def logical_tensors(tensors: dict[str, TensorEntry]) -> dict[str, LogicalTensor]
             shape = entry.shape[:-2] + (entry.shape[-2] * MXFP4_BLOCK,)
             out[stem] = LogicalTensor(stem, "mxfp4", entry, scales, shape)
             companions.add(scales.name)
+        elif dtype not in ITEMSIZE:  # a GGML block type: only a GGUF header admits one
+            out[name] = LogicalTensor(name, "ggml", entry, None, entry.shape)
         else:
             out[name] = LogicalTensor(name, "plain", entry, None, entry.shape)
     if companions:

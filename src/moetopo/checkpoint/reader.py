@@ -61,6 +61,8 @@ class TensorReader:
         ``rows`` slices the next dimension; the bytes read are exactly that slice.
         """
         lt = self.tensor(name)
+        if lt.kind == "ggml":
+            return self._ggml(lt.data, lead, rows).astype(dtype, copy=False)
         if lt.kind == "mxfp4":
             blocks = self._raw(lt.data, lead, rows)
             scales = self._raw(lt.scale, lead, rows)
@@ -125,6 +127,14 @@ class TensorReader:
 
     def _locate(self, entry: TensorEntry, lead, rows) -> tuple[Path, int, int, tuple]:
         """(shard path, byte offset, element count, shape) of ``entry[lead..., r0:r1, ...]``."""
+        start, count, out_shape = self._elements(entry, lead, rows)
+        itemsize = ELEMENT_TYPES[entry.dtype].itemsize
+        path = self.checkpoint.shard_path(entry.shard)
+        return path, entry.begin + start * itemsize, count, out_shape
+
+    def _elements(self, entry: TensorEntry, lead, rows) -> tuple[int, int, tuple]:
+        """(first element, element count, shape) of ``entry[lead..., r0:r1, ...]``, which
+        is contiguous in row-major order."""
         shape = entry.shape
         k = len(lead)
         if k > len(shape) or any(not 0 <= i < d for i, d in zip(lead, shape, strict=False)):
@@ -148,9 +158,17 @@ class TensorReader:
         start = (int(np.ravel_multi_index(lead, shape[:k])) if k else 0) * (
             math.prod(shape[k:]) if k < len(shape) else 1
         ) + r0 * inner
-        itemsize = ELEMENT_TYPES[entry.dtype].itemsize
+        return start, (r1 - r0) * inner, out_shape
+
+    def _ggml(self, entry: TensorEntry, lead, rows) -> np.ndarray:
+        """float32 ``entry[lead..., r0:r1, ...]`` of a GGUF tensor of a GGML block type:
+        the blocks covering the slice are read and dequantised (an expert, or whole rows,
+        are whole blocks: GGML blocks run along the last axis)."""
+        from moetopo.checkpoint.gguf import read_ggml_elements  # gguf: GGUF models only
+
+        start, count, out_shape = self._elements(entry, lead, rows)
         path = self.checkpoint.shard_path(entry.shard)
-        return path, entry.begin + start * itemsize, (r1 - r0) * inner, out_shape
+        return read_ggml_elements(path, entry, start, count).reshape(out_shape)
 
     def _raw(self, entry: TensorEntry, lead, rows, dtype=None) -> np.ndarray:
         path, offset, count, out_shape = self._locate(entry, lead, rows)

@@ -1,8 +1,9 @@
 """A model on disk: its shards, its index, its config, all verified header-only.
 
 A model is a directory (config.json, optional ``*.safetensors.index.json``, shards)
-or a single ``.safetensors`` file. Only safetensors is read: pickle checkpoints are
-refused before a byte of them is interpreted, since unpickling runs arbitrary code.
+or a single ``.safetensors`` file, or a GGUF model (one ``.gguf`` file or a split set,
+:mod:`.gguf`). Pickle checkpoints are refused before a byte of them is interpreted,
+since unpickling runs arbitrary code.
 """
 
 from __future__ import annotations
@@ -68,8 +69,10 @@ def list_shards(path: str | Path) -> ShardList:
     if path.is_file():
         if path.suffix in PICKLE_SUFFIXES:
             raise CheckpointError(path, f"pickle checkpoint refused. {CONVERT_HINT}")
+        if path.suffix == ".gguf":
+            return _gguf_listing(path)
         if path.suffix != ".safetensors":
-            raise CheckpointError(path, "not a .safetensors file or a model directory")
+            raise CheckpointError(path, "not a .safetensors or .gguf file or a model directory")
         return ShardList(path.parent, (path.name,), None)
     indexes = sorted(path.glob("*.safetensors.index.json"))
     if len(indexes) > 1:
@@ -90,12 +93,37 @@ def list_shards(path: str | Path) -> ShardList:
         for shard in shards:
             _check_inside(path, shard, path)
         return ShardList(path, shards, None)
+    if any(path.glob("*.gguf")):
+        return _gguf_listing(path)
     pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         raise CheckpointError(
             path / pickles[0], f"pickle checkpoint refused (no .safetensors here). {CONVERT_HINT}"
         )
-    raise CheckpointError(path, "no .safetensors shards and no safetensors index in this directory")
+    raise CheckpointError(
+        path, "no .safetensors shards, no safetensors index and no .gguf file in this directory"
+    )
+
+
+def _gguf_listing(path: Path) -> ShardList:
+    """The parts of the GGUF model at ``path`` (a file, any part of a split set, or a
+    directory holding one model); a safetensors model in the same directory wins."""
+    from moetopo.checkpoint.gguf import list_gguf_parts  # gguf imports numpy: GGUF models only
+
+    listing = list_gguf_parts(path)
+    for shard in listing.shards:
+        _check_inside(listing.root, shard, path)
+    return listing
+
+
+def _model_config(listing: ShardList, n_tensors: int | None) -> dict:
+    """config.json, or for a GGUF model the config its first part's metadata spells
+    (checked against ``n_tensors``, the tensors of all parts, when given)."""
+    if listing.shards[0].endswith(".gguf"):
+        from moetopo.checkpoint.gguf import gguf_model_config
+
+        return gguf_model_config(listing, n_tensors)
+    return read_config(listing.root)
 
 
 def read_config(root: Path) -> dict:
@@ -165,7 +193,7 @@ def assemble_checkpoint(
         shards=listing.shards,
         headers=headers,
         tensors=tensors,
-        config=read_config(listing.root),
+        config=_model_config(listing, len(tensors) if check_index else None),
         index=listing.index,
     )
 

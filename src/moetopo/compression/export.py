@@ -35,6 +35,7 @@ from moetopo.checkpoint.header import TensorEntry
 from moetopo.checkpoint.layout import ExpertTensor, MoELayer
 from moetopo.checkpoint.model import OpenModel, open_model
 from moetopo.checkpoint.reader import read_exactly
+from moetopo.checkpoint.remote import is_remote
 from moetopo.checkpoint.shards import PICKLE_SUFFIXES
 from moetopo.compression.block import Reduction, frequency_weighted_merge
 from moetopo.errors import MoetopoError
@@ -690,9 +691,18 @@ def write_pruned_checkpoint(
     multi-token-prediction layers (their experts would keep the old count); without it a
     drop on a checkpoint that has them is refused.
     """
+    if is_remote(model_dir):
+        raise MoetopoError(
+            f"{model_dir}: pruned checkpoints are written from a local copy; download it first"
+        )
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     selection = read_selection(selection)
     model = open_model(model_dir)
+    if any(shard.endswith(".gguf") for shard in model.checkpoint.shards):
+        raise MoetopoError(
+            f"{model_dir}: a GGUF model is not written back pruned (the output is safetensors "
+            "with the family's names); prune its safetensors original, then convert"
+        )
     layout, root = model.layout, model.layout.root
     if out_dir.resolve() == Path(root).resolve():
         raise MoetopoError(f"{out_dir}: the pruned checkpoint cannot overwrite its source")

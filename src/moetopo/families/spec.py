@@ -10,6 +10,7 @@ checkpoints with 100k+ tensors.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import tomllib
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from functools import cache, cached_property
 from importlib import resources
 from typing import Any
+
+from moetopo.families.moe_rules import config_value
 
 ROLES = (
     "router",
@@ -42,6 +45,7 @@ ROLES = (
     "lm_head",
     "norm",
     "scale",
+    "collaboration",  # CT-MoE's learned [E, E] collaboration logits S_raw of a layer
     "other",
 )
 EXPERT_ROLES = ("expert_gate", "expert_up", "expert_gate_up", "expert_down")
@@ -138,7 +142,13 @@ class FamilySpec:
     inactive_prefixes: tuple[str, ...]
     defaults: dict[str, Any]
     templates: tuple[Template, ...] = field(repr=False)
+    # the routing rule a config value selects, overriding ``routing``: {"key": [config
+    # keys], "rules": {value: rule}} (GGUF states its gating function as a number)
+    routing_by: dict[str, Any] = field(default_factory=dict)
     attention: dict[str, Any] = field(default_factory=dict)
+    # an expert stores one matrix, its down projection is its up projection transposed
+    # (the toy model of superposition: ReLU(x W W^T + b))
+    tied_down: bool = False
 
     @cached_property
     def index(self) -> dict[str, list[Template]]:
@@ -249,7 +259,28 @@ def _build(name: str) -> FamilySpec:
         defaults=dict(data.get("defaults", {})),
         templates=tuple(templates),
         attention=data.get("attention", {}),
+        routing_by=_routing_by(name, data.get("routing_by")),
+        tied_down=bool(data.get("tied_down", False)),
     )
+
+
+def _routing_by(name: str, table: dict | None) -> dict[str, Any]:
+    if table is None:
+        return {}
+    rules = table.get("rules")
+    if not table.get("key") or not isinstance(rules, dict):
+        raise ValueError(f"family {name}: routing_by needs a key and a table of rules")
+    return {"key": _as_list(table["key"]), "rules": {str(k): v for k, v in rules.items()}}
+
+
+def routed_by_config(spec: FamilySpec, config: dict) -> FamilySpec:
+    """``spec`` with the routing rule its ``routing_by`` config value selects (itself when
+    the family has none, the value is absent, or names no rule)."""
+    if not spec.routing_by:
+        return spec
+    value = config_value(config, spec.routing_by["key"])
+    rule = None if isinstance(value, bool) else spec.routing_by["rules"].get(str(value))
+    return spec if rule in (None, spec.routing) else dataclasses.replace(spec, routing=rule)
 
 
 def _check_unambiguous(name: str, templates: list[Template]) -> None:
@@ -276,8 +307,14 @@ def match_family(config: dict, tensor_names) -> tuple[FamilySpec | None, str]:
     """The family of a model, and how it was recognised.
 
     config.json's ``architectures`` wins, then ``model_type``, then marker tensor
-    names (GGUF-style checkpoints often carry no usable config).
+    names (GGUF-style checkpoints often carry no usable config). The spec's routing
+    rule is the one the config selects where the family lets it (:func:`routed_by_config`).
     """
+    spec, how = _matching_family(config, tensor_names)
+    return (None if spec is None else routed_by_config(spec, config)), how
+
+
+def _matching_family(config: dict, tensor_names) -> tuple[FamilySpec | None, str]:
     families = load_families()
     archs = _as_list(config.get("architectures"))
     for arch in archs:

@@ -15,7 +15,7 @@ def shard_rows(model_path: str | Path, shard: str) -> tuple[dict[str, list], dic
         shard_path = remote.mirror(model_path).root / shard
     else:
         model_path = Path(model_path)
-        shard_path = model_path if model_path.is_file() else model_path / shard
+        shard_path = (model_path.parent if model_path.is_file() else model_path) / shard
     header = read_shard_header(shard_path, shard)
     meta = {"shard": header.shard, "file_size": header.file_size, "digest": header.digest}
     return entry_columns(header.tensors.values()), meta | (remote.provenance(shard_path) or {})
