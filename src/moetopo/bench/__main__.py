@@ -1,11 +1,11 @@
-"""``python -m moetopo.bench {gates,geometry,topology,diff,scale,compression} [options]``."""
+"""``python -m moetopo.bench {gates,geometry,topology,diff,scale,compression,remote} [options]``."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHES = ("gates", "geometry", "topology", "diff", "scale", "compression")
+BENCHES = ("gates", "geometry", "topology", "diff", "scale", "compression", "remote")
 
 
 def main(argv: list[str]) -> int:

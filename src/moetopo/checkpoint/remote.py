@@ -351,13 +351,14 @@ class RemoteFile:
     def _store(self, pieces: Iterable[tuple[int, bytes]]) -> None:
         """Write fetched bytes, then record their ranges (merged with other processes'
         records under a file lock, replaced atomically): a kill between the two only
-        loses the record, so those bytes are fetched again, never trusted unwritten."""
+        loses the record, so those bytes are fetched again, never trusted unwritten. (Not
+        fsynced: a killed process's writes survive in the page cache; only a crash of the
+        machine itself could leave a record of bytes that never reached the disk.)"""
         pieces = list(pieces)
         fd = os.open(self.path, os.O_WRONLY)
         try:
             for offset, body in pieces:
                 os.pwrite(fd, body, offset)
-            os.fsync(fd)
         finally:
             os.close(fd)
         self.meta_path.parent.mkdir(parents=True, exist_ok=True)

@@ -66,17 +66,24 @@ def file_tables(data: ReportData) -> tuple[Table, Table]:
             [model.name, model.path, fmt.count(len(listed)), fmt.count(summary.get("total_bytes"))]
         )
         shards += [
-            [model.name, s["name"], fmt.count(s["bytes"]), s.get("digest", "")] for s in listed
+            [model.name, s["name"], fmt.count(s["bytes"]), s.get("digest", ""), _fetched(s)]
+            for s in listed
         ]
+    columns = ["model", "shard", "bytes", "header sha256", "fetched at"]
+    caption = "sha256 of each shard's header bytes"
+    if any(row[-1] for row in shards):
+        caption += "; a remote shard's revision (or its ETag, where the server names none)"
+    else:
+        columns, shards = columns[:-1], [row[:-1] for row in shards]
     return (
         Table(["model", "path", "shards", "bytes"], models, anchor="provenance-models"),
-        Table(
-            ["model", "shard", "bytes", "header sha256"],
-            shards,
-            anchor="provenance-shards",
-            caption="sha256 of each shard's safetensors header bytes",
-        ),
+        Table(columns, shards, anchor="provenance-shards", caption=caption),
     )
+
+
+def _fetched(shard: dict) -> str:
+    """Which version of a remote shard was read: its revision, else its ETag."""
+    return shard.get("revision") or shard.get("etag") or ""
 
 
 def provenance_blocks(data: ReportData) -> list[Block]:
