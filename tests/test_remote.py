@@ -3,6 +3,8 @@ loopback by a server that also misbehaves on demand."""
 
 from __future__ import annotations
 
+import json
+import os
 import time
 
 import numpy as np
@@ -163,3 +165,51 @@ def test_the_token_goes_to_the_hub_only_and_is_written_nowhere(server, monkeypat
     assert plain and not any(plain)
     for path in (tmp_path / "cache").rglob("*.json"):
         assert "hf_secret" not in path.read_text()
+
+
+
+def test_inspect_reads_a_hub_model_from_its_headers(server, capsys):
+    from moetopo.__main__ import main
+
+    assert main(["inspect", "hf://org/tiny", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["path"] == "hf://org/tiny" and summary["n_experts"] == 4
+    assert all(s.status == 206 or s.file.endswith(".json") for s in server.log)
+    assert remote.FETCHED.bytes < 12_000  # the headers: no tensor bytes
+
+@pytest.mark.workflow
+def test_the_pipeline_on_a_served_model_writes_what_the_local_run_writes(
+    small_run, tmp_path, monkeypatch
+):
+    """One zoo model read as hf:// by the whole pipeline: every artefact of the model equals
+    the local run's, but where a shard came from; a second run fetches nothing."""
+    import pandas as pd
+
+    from moetopo.artefacts import read_table
+
+    from conftest import REPO, SMALL_PAIR, demo_config, snakemake
+
+    model = SMALL_PAIR[0]
+    target = demo_config(tmp_path / "run", (model,))
+    sheet = pd.read_csv(target / "config/models.tsv", sep="\t", dtype=str).fillna("")
+    sheet["path"] = [f"hf://zoo/{model}"]
+    sheet.to_csv(target / "config/models.tsv", sep="\t", index=False)
+    with CheckpointServer() as server:
+        server.add(f"zoo/{model}", REPO / "resources/zoo" / model)
+        env = dict(os.environ, HF_ENDPOINT=server.endpoint, MOETOPO_CACHE=str(tmp_path / "c"))
+        snakemake(target, "--cores", "2", env=env)
+        fetched = len(server.log)
+        assert "Nothing to be done" in snakemake(target, "--cores", "2", env=env).stderr
+        assert len(server.log) == fetched
+    ours, local = target / "results" / model, small_run / "results" / model
+    written = sorted(p.relative_to(ours) for p in ours.rglob("*.parquet"))
+    assert written
+    for relative in written:
+        remote_table, remote_meta = read_table(ours / relative)
+        local_table, local_meta = read_table(local / relative)
+        pd.testing.assert_frame_equal(remote_table, local_table, obj=str(relative))
+        for key in set(remote_meta) - {"source", "etag", "revision", "shards"}:
+            assert remote_meta[key] == local_meta[key], (relative, key)
+    summary = json.loads((ours / "model.json").read_text())
+    assert summary["path"] == f"hf://zoo/{model}"
+    assert {s["revision"] for s in summary["shards"]} == {server.revision}

@@ -15,7 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="moetopo", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     inspect = commands.add_parser("inspect", help="what a checkpoint is, from its headers alone")
-    inspect.add_argument("model", help="model directory or .safetensors file")
+    inspect.add_argument(
+        "model", help="model directory, .safetensors or .gguf file, hf://ORG/NAME or https:// URL"
+    )
     inspect.add_argument("--family", help="force a family instead of detecting it")
     inspect.add_argument("--json", action="store_true", help="print model.json-style JSON")
     prune = commands.add_parser(

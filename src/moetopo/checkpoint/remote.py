@@ -447,13 +447,20 @@ def ensure(path: str | os.PathLike, begin: int, end: int, tensor: str | None = N
 
 
 def prefetch(ranges: Iterable[tuple[str | os.PathLike, int, int, str | None]]) -> None:
-    """Fetch many ranges of mirrored files with several requests in flight (the routers
-    of every layer, say); local files are skipped."""
+    """Start fetching many ranges of mirrored files (the routers of every layer, say)
+    in the background, several requests in flight, while the caller reads them in order:
+    a read of a range not fetched yet fetches it itself, one being fetched waits for it.
+    Local files are skipped; a failure surfaces when the caller reads that range."""
     wanted = [(r, b, e, t) for p, b, e, t in ranges if (r := _OPEN.get(str(p))) is not None]
     if not wanted:
         return
-    with ThreadPoolExecutor(WORKERS) as pool:
-        list(pool.map(lambda w: w[0].ensure(w[1], w[2], w[3]), wanted))
+
+    def fetch_all() -> None:
+        with ThreadPoolExecutor(WORKERS) as pool:
+            for future in [pool.submit(r.ensure, b, e, t) for r, b, e, t in wanted]:
+                future.exception()  # the reader that needs the range raises it
+
+    threading.Thread(target=fetch_all, name="moetopo-prefetch", daemon=True).start()
 
 
 def provenance(path: str | os.PathLike) -> dict | None:

@@ -43,8 +43,9 @@ class Routers:
         return cls(TensorReader(checkpoint), layers, summary["routing"]["router_bias"])
 
     def prefetch(self) -> None:
-        """Fetch every router's bytes of a remote model, many requests in flight (a
-        no-op for a local model)."""
+        """Start fetching every router's bytes of a remote model, many requests in
+        flight, while the layers are read and written in order (a no-op for a local
+        model)."""
         names = [name for _, router, bias in self.layers for name in (router, bias) if name]
         stored = [self.reader.tensor(n) for n in names]
         remote.prefetch(
