@@ -167,7 +167,6 @@ def test_the_token_goes_to_the_hub_only_and_is_written_nowhere(server, monkeypat
         assert "hf_secret" not in path.read_text()
 
 
-
 def test_inspect_reads_a_hub_model_from_its_headers(server, capsys):
     from moetopo.__main__ import main
 
@@ -176,6 +175,7 @@ def test_inspect_reads_a_hub_model_from_its_headers(server, capsys):
     assert summary["path"] == "hf://org/tiny" and summary["n_experts"] == 4
     assert all(s.status == 206 or s.file.endswith(".json") for s in server.log)
     assert remote.FETCHED.bytes < 12_000  # the headers: no tensor bytes
+
 
 @pytest.mark.workflow
 def test_the_pipeline_on_a_served_model_writes_what_the_local_run_writes(
@@ -213,3 +213,43 @@ def test_the_pipeline_on_a_served_model_writes_what_the_local_run_writes(
     summary = json.loads((ours / "model.json").read_text())
     assert summary["path"] == f"hf://zoo/{model}"
     assert {s["revision"] for s in summary["shards"]} == {server.revision}
+
+
+def test_the_gates_artefact_holds_bf16_routers_in_fewer_bytes_than_bf16(tmp_path):
+    """Later router sources read the gates artefact, not the remote model: its router rows
+    are the stored BF16 values exactly, in no more bytes than the BF16 routers (float32
+    elements split into byte streams, the two zero low bytes compressing away)."""
+    import ml_dtypes
+    import pyarrow.parquet as pq
+
+    from moetopo.artefacts import read_table, stream_table
+
+    rng = np.random.default_rng(0)
+    layers = [(rng.standard_normal((64, 1024)) * 0.02).astype(ml_dtypes.bfloat16)] * 3
+    path = tmp_path / "gates.parquet"
+    with stream_table(path, "gates") as out:
+        for layer, rows in enumerate(layers):
+            n = rows.shape[0]
+            values = rows.astype(np.float32)
+            out.write(
+                {
+                    "layer": np.full(n, layer),
+                    "expert": np.arange(n),
+                    "weight": values,
+                    "bias": np.full(n, np.nan, np.float32),
+                    "selection_bias": np.full(n, np.nan, np.float32),
+                    "norm": np.linalg.norm(values, axis=1).astype(np.float64),
+                    "finite": np.ones(n, bool),
+                }
+            )
+    meta = pq.ParquetFile(path).metadata
+    stored = sum(
+        meta.row_group(g).column(c).total_compressed_size
+        for g in range(meta.num_row_groups)
+        for c in range(meta.num_columns)
+        if meta.row_group(g).column(c).path_in_schema == "weight.list.element"
+    )
+    assert stored < sum(rows.nbytes for rows in layers)
+    table, _ = read_table(path)
+    back = np.stack(table.weight.to_numpy()[:64])
+    np.testing.assert_array_equal(back, layers[0].astype(np.float32))
