@@ -253,3 +253,37 @@ def test_the_gates_artefact_holds_bf16_routers_in_fewer_bytes_than_bf16(tmp_path
     table, _ = read_table(path)
     back = np.stack(table.weight.to_numpy()[:64])
     np.testing.assert_array_equal(back, layers[0].astype(np.float32))
+
+
+def test_inventory_and_gates_fetch_the_headers_and_router_bytes_only(server, tmp_path):
+    """What a router-only run costs a remote model: its small files, every header, and
+    each router's (and router bias's) exact bytes; not one byte of anything else."""
+    from moetopo.artefacts import read_columns, write_table
+    from moetopo.stages.gates import Routers, gate_batches
+    from moetopo.stages.inventory import merge_inventory
+    from moetopo.stages.inventory_shard import shard_rows
+
+    location = "hf://org/tiny"
+    paths = []
+    for shard in remote.mirror(location).files:
+        if shard.endswith(".safetensors"):
+            rows, meta = shard_rows(location, shard)
+            paths.append(tmp_path / f"{shard}.parquet")
+            write_table(rows, paths[-1], "shard_header", extra=meta)
+    inventory, summary, layout = merge_inventory(location, [read_columns(p) for p in paths])
+    write_table(inventory, tmp_path / "inventory.parquet", "inventory", extra=summary)
+    routers = Routers.from_inventory(location, tmp_path / "inventory.parquet", summary)
+    rows = sum(len(batch["expert"]) for batch in gate_batches(routers, []))
+    assert rows == sum(m.n_experts for m in layout.layers.values())
+    checkpoint = open_checkpoint(location)
+    small = sum(f.size for n, f in remote.mirror(location).files.items() if n.endswith(".json"))
+    headers = sum(h.data_start for h in _headers(checkpoint))
+    routed = {n for m in layout.layers.values() for n in (m.router, m.router_bias) if n}
+    router_bytes = sum(checkpoint.tensors[n].nbytes for n in routed)
+    assert remote.FETCHED.bytes == small + headers + router_bytes
+
+
+def _headers(checkpoint):
+    from moetopo.checkpoint.header import read_shard_header
+
+    return [read_shard_header(checkpoint.shard_path(s), s) for s in checkpoint.shards]

@@ -34,7 +34,9 @@ def _serve(directory: str, conn) -> None:
         server.add(REPO, directory)
         conn.send(server.endpoint)
         while (message := conn.recv()) != "stop":
-            if message == "log":
+            if isinstance(message, float):
+                server.latency = message
+            elif message == "log":
                 conn.send([(s.file, s.begin, s.end, s.status) for s in server.log])
                 server.log.clear()
 
@@ -67,36 +69,53 @@ def replay(endpoint: str, requests: list[tuple[str, int, int, int]]) -> float:
     return time.perf_counter() - start
 
 
+def measure(conn, endpoint: str, full: Path, tmp: Path, repeat: int) -> dict:
+    """The fastest of ``repeat`` runs of ours over HTTP, of the replayed requests, and of
+    ours on the local files (runs alternate, each in a fresh process)."""
+    best, loop, local = None, None, None
+    for k in range(repeat):
+        here = in_fresh_process(ours, str(full), str(tmp / f"local{k}"))
+        local = here.seconds if local is None else min(local, here.seconds)
+        run = in_fresh_process(remote_run, endpoint, str(tmp / f"cache{k}"), str(tmp / f"o{k}"))
+        conn.send("log")
+        requests = conn.recv()
+        if best is None or run.result[0] < best.result[0]:
+            best = run
+        replayed = in_fresh_process(replay, endpoint, requests).result
+        loop = replayed if loop is None else min(loop, replayed)
+    return {"best": best, "loop": loop, "local": local}
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m moetopo.bench remote", description=__doc__)
     parser.add_argument("--workdir", help="where to write the sparse layout (default: a temp dir)")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each; the fastest counts")
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        nargs="+",
+        default=[0.0, 20.0],
+        help="the server's delay before each answer (0: loopback as is; 20: a near hub)",
+    )
     args = parser.parse_args(argv)
     context = multiprocessing.get_context("spawn")
+    results = {}
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         tmp = Path(tmp)
         config = deepseek_v3_config()
         full = write_sparse(tmp / "dsv3", config, list(deepseek_v3_tensors(config)), 163)
         model_bytes = sum(p.stat().st_size for p in full.iterdir() if p.is_file())
-        ours_conn, server_conn = context.Pipe()
+        conn, server_conn = context.Pipe()
         server = context.Process(target=_serve, args=(str(full), server_conn), daemon=True)
         server.start()
-        endpoint = ours_conn.recv()
-        best, loop, local = None, None, None
-        for k in range(args.repeat):
-            here = in_fresh_process(ours, str(full), str(tmp / f"local{k}"))
-            local = here.seconds if local is None else min(local, here.seconds)
-            run = in_fresh_process(remote_run, endpoint, str(tmp / f"cache{k}"), str(tmp / f"o{k}"))
-            ours_conn.send("log")
-            requests = ours_conn.recv()
-            seconds = run.result[0]
-            if best is None or seconds < best.result[0]:
-                best = run
-            replayed = in_fresh_process(replay, endpoint, requests).result
-            loop = replayed if loop is None else min(loop, replayed)
-        ours_conn.send("stop")
+        endpoint = conn.recv()
+        for latency in args.latency_ms:
+            conn.send(latency / 1000)
+            results[latency] = measure(conn, endpoint, full, tmp / f"l{latency:g}", args.repeat)
+        conn.send("stop")
         server.join()
-    seconds, rows, phases, fetched, n_requests, mirrored = best.result
+    first = results[args.latency_ms[0]]
+    seconds, rows, phases, fetched, n_requests, mirrored = first["best"].result
     print(
         f"DeepSeek-V3 layout over loopback HTTP: {model_bytes / 2**30:.0f} GiB in 163 shards "
         f"({mirrored / 2**30:.0f} GiB mirrored); {rows} router rows written"
@@ -105,15 +124,16 @@ def main(argv: list[str]) -> int:
         f"fetched {fetched / 2**20:.1f} MiB in {n_requests} requests = "
         f"{100 * fetched / model_bytes:.4f}% of the model (goal <= 0.05%)"
     )
-    print(
-        f"moetopo inventory+gates over HTTP {seconds:.2f} s; the same requests in a tight "
-        f"loop {loop:.2f} s: ratio {seconds / loop:.2f}x (goal <= 2x); peak RSS "
-        f"{best.peak_rss_mib:.0f} MiB (goal < 1024)"
-    )
-    print(
-        f"the same jobs on the local files {local:.2f} s: HTTP adds {seconds - local:.2f} s, "
-        f"{(seconds - local) / loop:.2f}x the tight loop's requests"
-    )
+    for latency, result in results.items():
+        best, loop, local = result["best"], result["loop"], result["local"]
+        seconds = best.result[0]
+        print(
+            f"{latency:g} ms per request: moetopo inventory+gates over HTTP {seconds:.2f} s; "
+            f"the same requests in a tight loop {loop:.2f} s: ratio {seconds / loop:.2f}x "
+            f"(goal <= 2x); on local files {local:.2f} s, so HTTP adds {seconds - local:.2f} s; "
+            f"peak RSS {best.peak_rss_mib:.0f} MiB (goal < 1024)"
+        )
+    print(f"phases over HTTP at {args.latency_ms[0]:g} ms:")
     for phase, phase_seconds in phases.items():
         print(f"    {phase:41s} {phase_seconds:8.2f} s")
     return 0
