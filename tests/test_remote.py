@@ -287,3 +287,14 @@ def _headers(checkpoint):
     from moetopo.checkpoint.header import read_shard_header
 
     return [read_shard_header(checkpoint.shard_path(s), s) for s in checkpoint.shards]
+
+
+def test_a_hub_redirect_to_its_cdn_keeps_the_commit_and_the_files_etag(server, local_model):
+    server.redirect = True
+    checkpoint = open_checkpoint("hf://org/tiny")
+    ours, theirs = read_all(checkpoint), read_all(open_checkpoint(local_model))
+    for name, values in theirs.items():
+        np.testing.assert_array_equal(ours[name], values, err_msg=name)
+    record = remote.provenance(checkpoint.shard_path(checkpoint.shards[0]))
+    assert record["revision"] == server.revision
+    assert not record["etag"].startswith('"cdn-')  # the file's, from the hub's answer

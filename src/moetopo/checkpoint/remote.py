@@ -228,8 +228,11 @@ def _checked_get(session, url, headers, byte_range, policy) -> Response:
             raise CheckpointError(url, f"HTTP {status}")
         body = response.read()
         info = response.headers
-    etag = info.get("x-linked-etag") or info.get("etag")
-    revision = info.get("x-repo-commit")
+        # the hub answers a large file's resolve URL with a redirect to its CDN: the
+        # commit and the file's own ETag are on that first answer
+        hops = [*response.history, response]
+    etag = _first(hops, "x-linked-etag") or info.get("etag")
+    revision = _first(hops, "x-repo-commit")
     if byte_range is None:
         return Response(body, len(body), etag, revision)
     begin, end = byte_range
@@ -242,6 +245,10 @@ def _checked_get(session, url, headers, byte_range, policy) -> Response:
         raise _Transient(f"short body: {len(body)} of {end - begin} bytes")
     FETCHED.add(len(body))
     return Response(body, int(match[3]), etag, revision)
+
+
+def _first(responses, header: str) -> str | None:
+    return next((r.headers[header] for r in responses if header in r.headers), None)
 
 
 def _retry_after(value: str | None) -> float | None:
