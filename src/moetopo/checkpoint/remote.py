@@ -294,7 +294,8 @@ class RemoteFile:
             raise CheckpointError(self.url, f"{len(response.body)} bytes: too large for its kind")
         FETCHED.add(len(response.body))
         self._begin(response)
-        self._store([(0, response.body)])
+        self._write(0, response.body)
+        self._record([(0, len(response.body))])
 
     def ensure(self, begin: int, end: int, tensor: str | None = None) -> None:
         """Make the bytes ``[begin, end)`` present in the local file, fetching what is not."""
@@ -315,19 +316,19 @@ class RemoteFile:
                 (b, min(e, b + PART_BYTES)) for b0, e in missing for b in range(b0, e, PART_BYTES)
             ]
             if len(parts) == 1:
-                results = [self._fetch(parts[0], tensor)]
-            else:
+                self._fetch(parts[0], tensor)
+            else:  # each part written as it arrives: memory holds WORKERS parts at most
                 with ThreadPoolExecutor(min(WORKERS, len(parts))) as pool:
-                    results = list(pool.map(lambda p: self._fetch(p, tensor), parts))
-            self._store([(p[0], r.body) for p, r in zip(parts, results, strict=True)])
+                    list(pool.map(lambda p: self._fetch(p, tensor), parts))
+            self._record(parts)
 
-    def _fetch(self, part: tuple[int, int], tensor: str | None) -> Response:
+    def _fetch(self, part: tuple[int, int], tensor: str | None) -> None:
         response = http_get(self.url, self.location.hub, part, tensor)
         if not self.meta:
             self._begin(response)
         else:
             self._check_same(response, tensor)
-        return response
+        self._write(part[0], response.body)
 
     def _begin(self, response: Response) -> None:
         """The first contact: record what this cache mirrors, and size the sparse file."""
@@ -355,28 +356,27 @@ class RemoteFile:
                 tensor,
             )
 
-    def _store(self, pieces: Iterable[tuple[int, bytes]]) -> None:
-        """Write fetched bytes, then record their ranges (merged with other processes'
-        records under a file lock, replaced atomically): a kill between the two only
-        loses the record, so those bytes are fetched again, never trusted unwritten. (Not
-        fsynced: a killed process's writes survive in the page cache; only a crash of the
-        machine itself could leave a record of bytes that never reached the disk.)"""
-        pieces = list(pieces)
+    def _write(self, offset: int, body: bytes) -> None:
         fd = os.open(self.path, os.O_WRONLY)
         try:
-            for offset, body in pieces:
-                os.pwrite(fd, body, offset)
+            os.pwrite(fd, body, offset)
         finally:
             os.close(fd)
+
+    def _record(self, ranges: list[tuple[int, int]]) -> None:
+        """Record written ranges (merged with other processes' records under a file
+        lock, replaced atomically). Bytes are written before their record: a kill between
+        the two only loses the record, so those bytes are fetched again, never trusted
+        unwritten. (Not fsynced: a killed process's writes survive in the page cache; only
+        a crash of the machine itself could leave a record of bytes never on disk.)"""
         self.meta_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.meta_path.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             on_disk = _read_json(self.meta_path)
-            ranges = list(self.meta["ranges"])
+            held = list(self.meta["ranges"]) + [list(r) for r in ranges]
             if on_disk and (on_disk["etag"], on_disk["size"]) == (self.meta["etag"], self.size):
-                ranges += on_disk["ranges"]
-            ranges += [[offset, offset + len(body)] for offset, body in pieces]
-            self.meta["ranges"] = _merged(ranges)
+                held += on_disk["ranges"]
+            self.meta["ranges"] = _merged(held)
             _write_json(self.meta_path, self.meta)
 
 
