@@ -129,17 +129,28 @@ def test_a_transient_fault_is_retried_and_recovers(server, local_model, kind, mo
     assert server.faults[0].count == 0  # both faults were served, and survived
 
 
-def test_a_fault_that_lasts_ends_in_a_clear_error_in_bounded_time(server, monkeypatch):
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("503", "HTTP 503"),
+        ("drop", "RemoteProtocolError"),
+        ("short", "short body"),
+        ("wrong_range", "Content-Range"),
+    ],
+)
+def test_a_fault_that_lasts_ends_in_a_clear_error_in_bounded_time(
+    server, monkeypatch, kind, reason
+):
     checkpoint = open_checkpoint("hf://org/tiny")
     monkeypatch.setattr(remote, "POLICY", remote.RetryPolicy(max_wait=0.6, first_delay=0.05))
-    server.faults.append(Fault("503", count=10_000, retry_after=0.05))
+    server.faults.append(Fault(kind, count=10_000, retry_after=0.05))
     start = time.monotonic()
     with pytest.raises(CheckpointError) as error:
         read_all(checkpoint)
     assert time.monotonic() - start < 5
     message = str(error.value)
     assert f"{server.endpoint}/org/tiny/resolve/main/model-" in message
-    assert "[tensor '" in message and "gave up" in message and "HTTP 503" in message
+    assert "[tensor '" in message and "gave up" in message and reason in message
 
 
 def test_a_file_changed_mid_run_is_an_error_not_a_mix(server):
