@@ -64,9 +64,27 @@ def read_expert(
                 parts["gate" + suffix], parts["up" + suffix] = _split(values, tensor.packing)
             else:
                 parts[role.removeprefix("expert_") + suffix] = values
+    if moe.tied_down and "up" in parts and "down" not in parts:
+        parts["down"] = parts["up"].T
     if "up" not in parts or "down" not in parts:
         raise ValueError(f"layer {moe.layer}: expert weights incomplete ({sorted(parts)})")
     return ExpertWeights(**{k: np.ascontiguousarray(v) for k, v in parts.items()})
+
+
+def read_expert_inputs(
+    reader: TensorReader, moe: MoELayer, expert: int, dtype=np.float32
+) -> np.ndarray:
+    """Expert ``expert``'s input projections stacked, gate rows then up rows [rows, H]:
+    every pre-activation it computes from its input. The down projection is not read."""
+    parts: list[np.ndarray] = []
+    for role in ("expert_gate", "expert_gate_up", "expert_up"):
+        tensor = moe.experts.get(role)
+        if tensor is not None:
+            values = _matrix(reader, tensor, expert, dtype)
+            parts += _split(values, tensor.packing) if role == "expert_gate_up" else [values]
+    if not parts:
+        raise ValueError(f"layer {moe.layer}: no expert input projection (gate or up) found")
+    return np.concatenate(parts, axis=0)
 
 
 def activate(gate, up, activation: str, limit: float | None = None) -> np.ndarray:
@@ -82,6 +100,8 @@ def activate(gate, up, activation: str, limit: float | None = None) -> np.ndarra
         return _gelu(gate) * up
     if activation == "relu":
         return np.maximum(up, 0.0)
+    if activation == "relu_output":  # linear hidden layer; the ReLU acts on the output
+        return up
     if activation == "gelu":
         return _gelu(up)
     raise ValueError(f"unknown activation {activation!r}")
@@ -106,6 +126,8 @@ def expert_output(
     out = activate(gate, up, activation, limit) @ weights.down.T
     if weights.down_bias is not None:
         out += weights.down_bias
+    if activation == "relu_output":  # the toy model of superposition: ReLU(x W W^T + b)
+        out = np.maximum(out, 0.0)
     return out
 
 
