@@ -19,14 +19,17 @@ from moetopo.compression.evaluate import CompressionParams
 from moetopo.diff.rows import RowMeasure
 from moetopo.errors import MoetopoError
 from moetopo.geometry.sources import SOURCES
+from moetopo.geometry.superposition import Thresholds
 from moetopo.pipeline.config import ENGINEERING_SECTIONS, check_config, result_params
 from moetopo.report.data import DEFAULTS as REPORT_DEFAULTS
 from moetopo.stages.clusters import cluster_tables
 from moetopo.stages.cohomology import CohomologySettings
+from moetopo.stages.collaboration import CollaborationSettings
 from moetopo.stages.crossref import crossref_table
 from moetopo.stages.expert_geometry import layer_distances
 from moetopo.stages.pairs_summary import pairs_summary
 from moetopo.stages.scaffold import scaffold_table
+from moetopo.stages.superposition import superposition_tables
 from moetopo.topology.layer import TopologyParams
 
 from conftest import REPO
@@ -105,6 +108,13 @@ CODE_DEFAULTS = [
     *((CompressionParams, "compression", key) for key in (
         "methods", "keep_fractions", "tokens", "random_draws", "neighbours", "max_triangles",
         "seed",
+    )),
+    *((Thresholds, "superposition", key) for key in (
+        "ignored_norm", "dedicated_score", "antipodal_cosine",
+    )),
+    (superposition_tables, "superposition", "basis"),
+    *((CollaborationSettings, "collaboration", key) for key in (
+        "sources", "router_temperature", "neighbours", "permutations", "seed",
     )),
 ]  # fmt: skip
 

@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "moetopo"
 LAYERS = [
     ("base", {"errors", "families"}),
     ("checkpoint", {"checkpoint"}),
-    ("science", {"routing", "geometry", "diff", "topology", "stats"}),
+    ("science", {"routing", "geometry", "diff", "topology", "stats", "collaboration"}),
     ("methods", {"compression"}),  # built on routing and topology together
     ("artefacts", {"artefacts"}),
     ("stages", {"stages", "report", "pipeline"}),

@@ -86,7 +86,12 @@ FAMILIES = {
         {"second_expert_policy": "all", "moe_eval_capacity_token_fraction": 1.0},
     ),
 }
-NOT_TRANSFORMERS = {"gguf": "llama.cpp's format, which transformers does not build"}
+NOT_TRANSFORMERS = {
+    "gguf": "llama.cpp's format, which transformers does not build",
+    "toy_moe": "the superposition study's toy MoE (tests/test_superposition.py checks it)",
+    "ct_moe": "CT-MoE, which transformers has no class for (tests/test_collaboration.py reads "
+    "it back against the zoo's own torch model)",
+}
 LAYER = re.compile(r"^(?:.*?(encoder|decoder)\.)?.*?(?:layers|blocks|block)\.(\d+)\.")
 
 

@@ -16,7 +16,7 @@ STAGE_ARTEFACTS = (
     "model.json", "inventory.parquet", "gates.parquet", "routing.parquet",
     "expert_distances.parquet", "redundancy.parquet", "persistence.parquet", "hodge.parquet",
     "sheaf.parquet", "hodgecover.parquet", "layer_summary.parquet", "compression.parquet",
-    "compression_selections.parquet",
+    "compression_selections.parquet", "collaboration.parquet", "collaboration_agreement.parquet",
 )  # fmt: skip
 
 

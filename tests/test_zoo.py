@@ -20,7 +20,7 @@ from moetopo.capture import batches, byte_ids, input_positions
 from moetopo.checkpoint.captured import load_captured
 from moetopo.zoo import manifest as mf
 from moetopo.zoo.corpus import CorpusLimits, build_corpus, fixed_windows, is_heldout
-from moetopo.zoo.specs import FAMILIES, TUNED, ZOO
+from moetopo.zoo.specs import FAMILIES, OWN_FAMILIES, TUNED, ZOO
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO_DIR = ROOT / "resources" / "zoo"
@@ -77,7 +77,7 @@ def test_manifest_matches_files(manifest: dict[str, Any]) -> None:
 def test_zoo_spans_families_expert_counts_top_k_and_fine_tunes(manifest: dict[str, Any]) -> None:
     models = manifest["models"]
     base = [m for m in models if not m.get("base")]
-    assert len(base) >= 12 and {m["family"] for m in base} == set(FAMILIES)
+    assert len(base) >= 12 and {m["family"] for m in base} == set(FAMILIES) | set(OWN_FAMILIES)
     experts = {m["hyperparameters"]["experts"] for m in base}
     top_k = {m["hyperparameters"]["top_k"] for m in base}
     assert min(experts) == 4 and max(experts) == 16 and {1, 2, 3, 4} <= top_k
@@ -132,6 +132,9 @@ def test_checkpoints_are_bf16_in_hub_layout(manifest: dict[str, Any]) -> None:
             expected = "F32" if name.endswith("e_score_correction_bias") else "BF16"
             assert info["dtype"] == expected, name
         config = json.loads((model_dir / "config.json").read_text())
+        if "model_class" in model:  # built by moetopo's own class (CT-MoE)
+            assert config["architectures"] == [model["model_class"].rsplit(".", 1)[1]]
+            continue
         assert config["architectures"] == [model["transformers_class"]]
         assert config["transformers_version"] == manifest["versions"]["transformers"]
 
@@ -149,6 +152,11 @@ def test_family_specific_tensors(manifest: dict[str, Any]) -> None:
             assert f"model.layers.{first_moe}.mlp.shared_experts.up_proj.weight" in names
         if model["family"] == "mixtral":
             assert f"model.layers.{first_moe}.block_sparse_moe.experts.0.w1.weight" in names
+        if model["family"] == "ct_moe":
+            block = f"model.layers.{first_moe}.block_sparse_moe"
+            experts = model["hyperparameters"]["experts"]
+            assert names[f"{block}.collaboration"][1]["shape"] == [experts, experts]
+            assert names[f"{block}.gate.bias"][1]["shape"] == [experts]
 
 
 def test_deepseek_correction_bias_was_trained(manifest: dict[str, Any]) -> None:
@@ -209,6 +217,7 @@ def test_routing_files_have_the_captured_format(manifest: dict[str, Any]) -> Non
         assert meta["inputs"] == model["routing"]["inputs"]
         assert meta["inputs"]["bytes"] == 256 * hidden * 2 * len(model["moe_layers"])
         assert meta["text_digest"] == digest and meta["tokenizer"] == "byte"
+        assert meta["domains"] == manifest["probe"]["domains"]  # byte tokens: bytes
         for layer, arr in logits.items():
             assert arr.shape == (tokens, model["hyperparameters"]["experts"])
             assert np.isfinite(arr).all()

@@ -21,7 +21,7 @@ import hashlib
 import json
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,31 @@ def tokenize(model_dir: Path, text: str) -> tuple[list[int], str]:
     return byte_ids(text), "byte"
 
 
+def tokenize_domains(
+    model_dir: Path, raw: bytes, domains: Mapping[str, tuple[int, int]]
+) -> tuple[list[int], str, dict[str, list[int]]]:
+    """Each domain's byte range [start, stop) of the text tokenised on its own, in text
+    order: the ids, the tokenizer used and each domain's token range [first, stop), so
+    routing can be told apart by domain (the zoo's code and prose)."""
+    ordered = sorted(domains.items(), key=lambda item: item[1][0])
+    end = 0
+    for name, (start, stop) in ordered:
+        if not end <= start < stop <= len(raw):
+            raise ValueError(
+                f"domain {name!r}: bytes [{start}, {stop}) are empty, overlap another "
+                f"domain or leave the {len(raw)}-byte text"
+            )
+        end = stop
+    ids: list[int] = []
+    spans: dict[str, list[int]] = {}
+    kind = "byte"
+    for name, (start, stop) in ordered:
+        part, kind = tokenize(model_dir, raw[start:stop].decode("utf-8"))
+        spans[name] = [len(ids), len(ids) + len(part)]
+        ids += part
+    return ids, kind, spans
+
+
 def batches(ids: Sequence[int], seq_len: int, batch_size: int) -> Iterator[list[list[int]]]:
     """Consecutive windows of ``seq_len`` tokens; equal-length windows batched, no padding."""
     windows = [list(ids[i : i + seq_len]) for i in range(0, len(ids), seq_len)]
@@ -248,9 +273,12 @@ def capture_file(
     model_id: str | None = None,
     model: Any = None,
     n_inputs: int = 256,
+    domains: Mapping[str, tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
     """Load (unless given), tokenize, capture and save; returns the ``meta`` record.
-    ``n_inputs`` tokens' router inputs are kept per layer (0: none)."""
+    ``n_inputs`` tokens' router inputs are kept per layer (0: none). ``domains`` names
+    byte ranges of the text (each tokenised on its own); ``meta["domains"]`` then holds
+    each one's token range."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
@@ -262,11 +290,15 @@ def capture_file(
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
         auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
         model = auto.from_pretrained(model_dir, dtype=torch_dtype, trust_remote_code=False)
-    ids, tokenizer = tokenize(model_dir, text)
+    if domains:
+        ids, tokenizer, spans = tokenize_domains(model_dir, raw, domains)
+    else:
+        (ids, tokenizer), spans = tokenize(model_dir, text), {}
     if tokenizer == "byte" and model.config.vocab_size < 256:
         raise ValueError(f"{model_dir}: no tokenizer and vocab_size < 256, cannot use byte ids")
     if max_tokens is not None:
         ids = ids[:max_tokens]
+        spans = {k: [a, min(b, len(ids))] for k, (a, b) in spans.items() if a < len(ids)}
     if not ids:
         raise ValueError(f"{text_path}: no tokens to capture")
     limit = getattr(model.config, "max_position_embeddings", None) or 512
@@ -293,8 +325,22 @@ def capture_file(
             "bytes": int(sum(a.size for a in inputs.values()) * np.dtype(store_dtype).itemsize),
         },
     }
+    if spans:
+        meta["domains"] = spans
     save_npz(Path(out), logits, meta, store_dtype, ids, inputs, positions)
     return meta
+
+
+def parse_domains(specs: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """``NAME=START:STOP`` arguments as name -> byte range."""
+    domains = {}
+    for spec in specs:
+        name, _, span = spec.partition("=")
+        start, _, stop = span.partition(":")
+        if not (name and start.isdigit() and stop.isdigit()):
+            raise ValueError(f"--domain {spec!r} is not NAME=START:STOP")
+        domains[name] = (int(start), int(stop))
+    return domains
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -324,6 +370,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--model-id", default=None, help="name recorded in meta (default: directory name)"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--domain",
+        action="append",
+        default=[],
+        metavar="NAME=START:STOP",
+        help="a named byte range of the text (repeat; e.g. code=0:1540 prose=1540:3108): "
+        "meta records each one's tokens, for per-domain routing",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -333,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta = capture_file(
             args.model_dir, args.text, args.out, seq_len=args.seq_len, batch_size=args.batch_size,
             max_tokens=args.max_tokens, dtype=args.dtype, store_dtype=args.store_dtype,
-            model_id=args.model_id, n_inputs=args.inputs,
+            model_id=args.model_id, n_inputs=args.inputs, domains=parse_domains(args.domain),
         )  # fmt: skip
     except (OSError, ValueError) as exc:
         print(f"moetopo.capture: {exc}", file=sys.stderr)

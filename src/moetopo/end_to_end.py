@@ -262,6 +262,13 @@ def zoo_entry(model_dir: Path) -> dict | None:
     return None
 
 
+def transformers_loads(model_dir: Path) -> bool:
+    """Whether transformers can load the model for the evaluation: any checkpoint but a zoo
+    model moetopo built with its own class (CT-MoE: the manifest names a ``model_class``)."""
+    entry = zoo_entry(model_dir)
+    return entry is None or "model_class" not in entry
+
+
 def _manifest_digest(model_dir: Path) -> str | None:
     try:
         manifest = json.loads((model_dir.parent / "manifest.json").read_text(encoding="utf-8"))

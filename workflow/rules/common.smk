@@ -3,12 +3,14 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from moetopo.artefacts import (
+    COLLABORATION_ARTEFACTS,
     COMPRESSION_ARTEFACTS,
     COMPRESSION_SUMMARY_ARTEFACTS,
     STUDY_ARTEFACTS,
+    SUPERPOSITION_ARTEFACTS,
     TOPOLOGY_ARTEFACTS,
 )
-from moetopo.end_to_end import zoo_entry
+from moetopo.end_to_end import transformers_loads, zoo_entry
 from moetopo.compression.evaluate import LAYER_KEYS as COMPRESSION_LAYER_KEYS
 from moetopo.stages.compression_end_to_end import can_run_models
 from moetopo.stages.compression_summary import INPUTS as COMPRESSION_SUMMARY_INPUTS
@@ -135,6 +137,7 @@ def end_to_end_models():
         for m in SHEET.names
         if not SHEET.is_remote(m)
         and (settings["eval_text"] or zoo_entry(Path(SHEET.path(m))))
+        and transformers_loads(Path(SHEET.path(m)))
         and SHEET.layout(m).params["total_params"] <= settings["end_to_end_max_params"]
     ]
 
@@ -226,17 +229,82 @@ def get_geometry_mb(wildcards):
     return base + 3 * CHUNK_MB + 8 * expert
 
 
+def superposition_enabled():
+    """The superposition stage reads every expert's input projections: off for
+    router-only runs."""
+    return config["superposition"]["enabled"]
+
+
+def get_superposition_inputs(wildcards):
+    inputs = {
+        "inventory": f"results/{wildcards.model}/inventory.parquet",
+        "gates": f"results/{wildcards.model}/gates.parquet",
+        "routing": f"results/{wildcards.model}/routing.parquet",
+    }
+    if SHEET.basis_file(wildcards.model):
+        inputs["basis"] = SHEET.basis_file(wildcards.model)
+    return inputs
+
+
+def get_superposition_mb(wildcards):
+    """One expert's input projections, its image of a data-free basis in float64 (at most
+    twice the expert's float32 size; a basis file's own size comes on top) and two Gram
+    blocks of 64 MiB."""
+    model = wildcards.model
+    expert = max(SHEET.expert_mb(model, l) for l in SHEET.moe_layers(model))
+    return 1024 + 128 + 4 * expert
+
+
+def get_superposition_runtime(wildcards):
+    layers = SHEET.moe_layers(wildcards.model)
+    return runtime_minutes(sum(SHEET.layer_mb(wildcards.model, l) for l in layers))
+
+
 def get_final_outputs():
     return (
         expand(
             "results/{model}/{artefact}.parquet",
             model=SHEET.names,
-            artefact=["routing", "clusters", "redundancy", *TOPOLOGY_ARTEFACTS],
+            artefact=[
+                "routing",
+                "clusters",
+                "redundancy",
+                *TOPOLOGY_ARTEFACTS,
+                *SUPERPOSITION_ARTEFACTS,
+            ],
         )
         + get_compression_outputs()
+        + get_collaboration_outputs()
         + get_study_outputs()
         + ["results/stats/conjecture.parquet", "results/report/index.html"]
         + get_pair_outputs()
+    )
+
+
+def collaboration_enabled():
+    """The collaboration stage runs when it has sources of S to build."""
+    return bool(config["collaboration"]["sources"])
+
+
+def get_collaboration_inputs(wildcards):
+    model = wildcards.model
+    inputs = {
+        name: f"results/{model}/{name}.parquet"
+        for name in ("inventory", "gates", "coactivation", "routing")
+    }
+    inputs["distances"] = f"results/{model}/expert_distances.parquet"
+    if SHEET.routing_file(model):
+        inputs["captured"] = SHEET.routing_file(model)
+    return inputs
+
+
+def get_collaboration_outputs():
+    if not collaboration_enabled():
+        return []
+    return expand(
+        "results/{model}/{artefact}.parquet",
+        model=SHEET.names,
+        artefact=COLLABORATION_ARTEFACTS,
     )
 
 
@@ -338,6 +406,12 @@ def get_report_inputs(wildcards):
         inputs["compression_end_to_end"] = expand(
             "results/{model}/compression_end_to_end.parquet", model=end_to_end_models()
         )
+    if superposition_enabled():
+        inputs["superposition"] = expand(
+            "results/{model}/superposition.parquet", model=SHEET.names
+        )
+    for table in COLLABORATION_ARTEFACTS if collaboration_enabled() else ():
+        inputs[table] = expand(f"results/{{model}}/{table}.parquet", model=SHEET.names)
     for table in STUDY_ARTEFACTS if SHEET.design() is not None else ():
         inputs[table] = f"results/stats/{table}.parquet"
     inputs["stats_models"] = "results/stats/models.parquet"
@@ -349,9 +423,15 @@ def get_report_inputs(wildcards):
 
 def get_report_optional():
     """Per optional per-model table, the models (in order) whose file the report reads."""
+    optional = {"superposition": SHEET.names} if superposition_enabled() else {}
+    if collaboration_enabled():
+        optional |= {table: SHEET.names for table in COLLABORATION_ARTEFACTS}
     if not compression_enabled():
-        return {}
-    return {"compression": SHEET.names, "compression_end_to_end": end_to_end_models()}
+        return optional
+    return optional | {
+        "compression": SHEET.names,
+        "compression_end_to_end": end_to_end_models(),
+    }
 
 
 def get_report_mb(wildcards):

@@ -93,6 +93,21 @@ rule report:
             subcategory="Designed study",
             labels={"figure": "{figure}"},
         ),
+        superposition=report(
+            directory("results/report/figures/superposition"),
+            patterns=["{figure}.png"],
+            caption="../report/superposition.rst",
+            category="7. Superposition",
+            labels={"figure": "{figure}"},
+        ),
+        collaboration=report(
+            directory("results/report/figures/collaboration"),
+            patterns=["{model}.png"],
+            caption="../report/collaboration.rst",
+            category="4. Models",
+            subcategory="Collaboration",
+            labels={"model": "{model}", "figure": "collaboration"},
+        ),
         change=report(
             directory("results/report/figures/change"),
             patterns=["{pair}.png"],

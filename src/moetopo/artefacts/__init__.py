@@ -14,20 +14,24 @@ from moetopo.artefacts.parquet import (
     write_table,
 )
 from moetopo.artefacts.registry import (
+    COLLABORATION_ARTEFACTS,
     COMPRESSION_ARTEFACTS,
     COMPRESSION_SUMMARY_ARTEFACTS,
     SCHEMAS,
     SORT_KEYS,
     STUDY_ARTEFACTS,
+    SUPERPOSITION_ARTEFACTS,
     TOPOLOGY_ARTEFACTS,
     columns,
     schema,
 )
 
 __all__ = [
+    "COLLABORATION_ARTEFACTS",
     "COMPRESSION_ARTEFACTS",
     "COMPRESSION_SUMMARY_ARTEFACTS",
     "STUDY_ARTEFACTS",
+    "SUPERPOSITION_ARTEFACTS",
     "META_KEY",
     "SCHEMAS",
     "SORT_KEYS",

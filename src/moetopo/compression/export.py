@@ -714,6 +714,15 @@ def write_pruned_checkpoint(
     config = dict(model.checkpoint.config)
     skip_mtp = False
     if kind == "drop":
+        learned = sorted(
+            n for n, r in layout.roles.items() if r.role == "collaboration" and r.layer in plans
+        )
+        if learned:
+            raise MoetopoError(
+                f"{root}: {learned[0]} is a learned [experts, experts] collaboration matrix "
+                "(CT-MoE), whose routing bias is folded into the router: dropping experts "
+                "would change both, so it is not written; redirect or merge instead"
+            )
         routing = drop_routing(model, plans)
         if not config:
             raise MoetopoError(f"{root}: no config.json, so the expert count cannot be updated")

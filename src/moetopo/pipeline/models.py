@@ -76,7 +76,7 @@ class ModelSheet:
         every column but the paths and the family, for the study stage; else None."""
         if not set(DESIGN_COLUMNS) <= set(self.table.columns):
             return None
-        kept = [c for c in self.table.columns if c not in ("path", "routing", "family")]
+        kept = [c for c in self.table.columns if c not in ("path", "routing", "basis", "family")]
         return {c: self.table[c].tolist() for c in kept}
 
     def check_score_columns(self, columns: list[str]) -> None:
@@ -103,6 +103,10 @@ class ModelSheet:
 
     def routing_file(self, model: str) -> str:
         return self.table.loc[model].get("routing", "")
+
+    def basis_file(self, model: str) -> str:
+        """The feature basis file the superposition stage reads, or "" for the data-free one."""
+        return self.table.loc[model].get("basis", "")
 
     def check_routing_files(self) -> None:
         """Every captured-logits file against its model's layers, from the files' headers:

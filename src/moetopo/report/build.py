@@ -11,6 +11,7 @@ from pathlib import Path
 
 from moetopo import __version__
 from moetopo.report import fmt
+from moetopo.report.collaboration import collaboration_blocks
 from moetopo.report.compression import compression_blocks, merge_cost
 from moetopo.report.conjecture import conjecture_blocks
 from moetopo.report.data import ReportData
@@ -27,6 +28,7 @@ from moetopo.report.markdown import render_markdown
 from moetopo.report.models import models_blocks
 from moetopo.report.pairs import pairs_blocks
 from moetopo.report.provenance import provenance_blocks
+from moetopo.report.superposition import superposition_blocks
 
 FIGURE_KINDS = (
     "conjecture",
@@ -37,7 +39,8 @@ FIGURE_KINDS = (
     "hodge",
     "sheaf",
 )
-FIGURE_KINDS += ("scaffold", "change", "compression", "study")
+FIGURE_KINDS += ("scaffold", "change", "compression", "study", "superposition")
+FIGURE_KINDS += ("collaboration",)
 EXPORTED_TABLES = (
     "models-summary",
     "findings-models",
@@ -50,6 +53,7 @@ EXPORTED_TABLES = (
     "compression-topology",
     "study-seeds",
     "study-effects",
+    "collaboration-summary",
 )
 
 
@@ -99,6 +103,8 @@ def build(data: ReportData) -> list[Block]:
         Para(intro),
         *findings_blocks(data),
         *compression_blocks(data),
+        *superposition_blocks(data),
+        *collaboration_blocks(data),
         *models_blocks(data),
         *pairs_blocks(data),
         *conjecture_blocks(data),

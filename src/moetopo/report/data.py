@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from moetopo.artefacts import read_table
+from moetopo.artefacts import COLLABORATION_ARTEFACTS, read_table
 
 MODEL_TABLES = (
     "redundancy",
@@ -25,8 +25,11 @@ MODEL_TABLES = (
     "routing_agreement",
 )
 PAIR_TABLES = ("scaffold", "crossref")
-# Present where the run evaluated compression (a router-only run does not).
-OPTIONAL_MODEL_TABLES = ("compression", "compression_end_to_end")
+# Present where the run evaluated compression (a router-only run does not), and where it
+# measured superposition.
+OPTIONAL_MODEL_TABLES = ("compression", "compression_end_to_end", "superposition")
+# Present where the run built collaboration matrices.
+OPTIONAL_MODEL_TABLES += COLLABORATION_ARTEFACTS
 COMPRESSION_STUDY = ("compression_methods", "compression_layers", "compression_topology")
 DESIGN_STUDY = ("study_seeds", "study_models", "study_effects")  # where the sheet carries a design
 

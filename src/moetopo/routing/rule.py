@@ -49,6 +49,13 @@ class Routed:
     scores: np.ndarray
 
 
+# Rules whose choice and weights depend on logit differences only, so that a vector added
+# to every router row changes nothing (sparsemixer's mask width scales with |logit|).
+SHIFT_INVARIANT_RULES = frozenset(
+    {"softmax_topk", "softmax_bias_topk", "topk_softmax", "softmax_group_topk"}
+)
+
+
 def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)

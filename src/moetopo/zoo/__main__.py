@@ -45,9 +45,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config/study.yaml)",
     )
     parser.add_argument(
+        "--toy",
+        action="store_true",
+        help="train the superposition study's toy MoE grid instead (feature sparsity x "
+        "k/E; default out ROOT/resources/toy, its models.tsv there; run the pipeline on it "
+        "with --configfile config/config.yaml config/toy.yaml)",
+    )
+    parser.add_argument(
         "--recapture",
         action="store_true",
         help="only capture the built zoo's routing again (router logits and inputs)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="ID",
+        help="train only these base models into the built zoo, keeping the others as built",
     )
     args = parser.parse_args(argv)
 
@@ -60,6 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     root = args.root
+    if args.toy:
+        from moetopo.zoo.toy import build_toy, toy_grid
+
+        recipe = {"steps": args.steps} if args.steps else {}
+        build_toy(toy_grid(**recipe), args.out or root / "resources" / "toy", root)
+        return 0
     if args.study:
         from moetopo.zoo.build import build_study
         from moetopo.zoo.study import study_points
@@ -72,6 +91,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.recapture:
         recapture(args.out or root / "resources" / "zoo")
+        return 0
+    if args.only:
+        from moetopo.zoo.build import add_models
+
+        unknown = sorted(set(args.only) - {s.id for s in ZOO})
+        if unknown:
+            print(f"--only: no base model {', '.join(unknown)} in the zoo", file=sys.stderr)
+            return 1
+        opts = BuildOptions(out_dir=args.out or root / "resources" / "zoo", root=root,
+                            config_dir=args.config_dir or root / "config",
+                            threads=args.threads)  # fmt: skip
+        order = [s.id for s in ZOO] + [t.id for t in TUNED]
+        manifest = add_models(tuple(s for s in ZOO if s.id in args.only), order, opts)
+        print(summary(manifest))
         return 0
     if args.quick:
         specs, tuned = quick_zoo(args.steps or 10)

@@ -22,12 +22,28 @@ import torch
 
 from moetopo.capture import capture_file
 from moetopo.zoo import manifest as mf
-from moetopo.zoo.corpus import DOMAINS, Corpus, CorpusLimits, build_corpus, probe_text
-from moetopo.zoo.specs import FAMILIES, FineTune, ModelSpec, config_kwargs, spec_record
+from moetopo.zoo.corpus import (
+    DOMAINS,
+    Corpus,
+    CorpusLimits,
+    build_corpus,
+    probe_domains,
+    probe_segments,
+)
+from moetopo.zoo.specs import (
+    OWN_FAMILIES,
+    FineTune,
+    ModelSpec,
+    class_names,
+    config_kwargs,
+    model_class,
+    spec_record,
+)
 from moetopo.zoo.study import OOD_DOMAIN, StudyPoint
 from moetopo.zoo.train import EVAL_WINDOWS, evaluate, new_model, round_to_bf16, setup_torch, train
 
 PROBE_FILE = "heldout_sample.txt"
+PROBE_BYTES = 1536  # per domain
 EXPERT_NAME = re.compile(r"^model\.layers\.(\d+)\..*\.experts\.(\d+)\.")
 SIZE_BUDGET = 25 * 1024 * 1024
 
@@ -114,27 +130,26 @@ def finish_model(
     losses: list[float],
     seconds: float,
     recipe: dict[str, Any] | None = None,
+    domains: dict[str, tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
-    """Save, reload, score, capture; return the manifest entry."""
-    from transformers import AutoModelForCausalLM
-
+    """Save, reload, score, capture (each domain's token range recorded, where
+    ``domains`` gives the probe's byte ranges); return the manifest entry."""
     round_to_bf16(model)
     model_dir = opts.out_dir / model_id
     save_model(model, model_dir)
     shapes = tensor_shapes(model_dir)
     check_hub_layout(shapes, opts.log)
-    reloaded = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    reloaded = model_class(spec.family).from_pretrained(model_dir, dtype=torch.float32)
     scores = evaluate(reloaded, corpus, spec.seq_len)
     meta = capture_file(model_dir, probe, model_dir / mf.ROUTING_FILE, model_id=model_id,
-                        model=reloaded, seq_len=spec.seq_len)  # fmt: skip
+                        model=reloaded, seq_len=spec.seq_len, domains=domains)  # fmt: skip
     train_loss = float(np.mean(list(scores["train"].values())))
     heldout = float(np.mean(list(scores["heldout"].values())))
     counts = param_counts(shapes, spec.top_k)
     entry = {
         "id": model_id,
         "family": spec.family,
-        "transformers_class": FAMILIES[spec.family][1],
-        "config_class": FAMILIES[spec.family][0],
+        **class_record(spec.family),
         "hyperparameters": spec_record(spec) | (recipe or {}),
         "config_kwargs": config_kwargs(spec),
         "moe_layers": counts["moe_layers"],
@@ -167,6 +182,19 @@ def finish_model(
     return entry
 
 
+def class_record(family: str) -> dict[str, str]:
+    """The manifest's record of the classes that built a model: transformers' own, or
+    moetopo's for families transformers has not (their module named)."""
+    config_class, model_class_name = class_names(family)
+    if family not in OWN_FAMILIES:
+        return {"transformers_class": model_class_name, "config_class": config_class}
+    module = model_class(family).__module__
+    return {
+        "model_class": f"{module}.{model_class_name}",
+        "config_class": f"{module}.{config_class}",
+    }
+
+
 def _versions() -> dict[str, str]:
     import transformers
 
@@ -192,6 +220,78 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _setup(opts: BuildOptions) -> None:
+    setup_torch(opts.threads)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def build_base(
+    spec: ModelSpec,
+    corpus: Corpus,
+    probe: Path,
+    spans: dict[str, tuple[int, int]],
+    opts: BuildOptions,
+    mixture: tuple[str, ...] = DOMAINS,
+) -> tuple[dict[str, Any], Any]:
+    """Train one base model on ``mixture`` and finish it: (manifest entry, trained model)."""
+    t0 = time.time()
+    model = new_model(spec)
+    losses = train(
+        model, corpus, spec, spec.steps, spec.lr, spec.seed, domains=mixture, log=opts.log
+    )
+    recipe = {"domains": list(mixture)} if mixture != DOMAINS else None
+    entry = finish_model(
+        model, spec, spec.id, corpus, probe, opts, losses, time.time() - t0, recipe, spans
+    )
+    return entry, model
+
+
+def built_probe(
+    out_dir: Path, manifest: dict[str, Any]
+) -> tuple[Corpus, dict[str, tuple[int, int]]]:
+    """The corpus a built zoo was trained on and its probe text's domain byte ranges,
+    checked against the manifest's corpus digest and the probe file on disk."""
+    corpus = build_corpus(CorpusLimits(**manifest["corpus"]["limits"]))
+    if corpus.digest != manifest["corpus"]["digest"]:
+        raise ValueError(
+            f"{out_dir}: this Python's standard library gives corpus {corpus.digest[:12]}, the "
+            f"zoo was built from {manifest['corpus']['digest'][:12]}; rebuild it whole"
+        )
+    segments = probe_segments(corpus, PROBE_BYTES)
+    probe = out_dir / manifest["probe"]["file"]
+    if probe.read_bytes() != "".join(segments.values()).encode("utf-8"):
+        raise ValueError(f"{probe}: not the probe text of the zoo's corpus; rebuild it whole")
+    return corpus, probe_domains(segments)
+
+
+def add_models(
+    specs: tuple[ModelSpec, ...], order: list[str], opts: BuildOptions
+) -> dict[str, Any]:
+    """Train ``specs`` (base models) into an already built zoo, keeping every other model
+    as built: the manifest lists models in ``order``, each new entry with the versions
+    that built it, and the sheets are written again."""
+    manifest = mf.read_manifest(opts.out_dir)
+    corpus, spans = built_probe(opts.out_dir, manifest)
+    _setup(opts)
+    probe = opts.out_dir / manifest["probe"]["file"]
+    entries = {m["id"]: m for m in manifest["models"]}
+    for spec in specs:
+        opts.log(f"{spec.id} ({spec.family})")
+        entry, _ = build_base(spec, corpus, probe, spans, opts)
+        entries[spec.id] = entry | {"versions": _versions()}
+    manifest["models"] = [entries[i] for i in order if i in entries]
+    manifest["probe"]["domains"] = {d: list(span) for d, span in spans.items()}
+    mf.write_manifest(opts.out_dir, manifest)
+    manifest["total_bytes"] = dir_bytes(opts.out_dir)
+    mf.write_manifest(opts.out_dir, manifest)
+    if opts.config_dir is not None:
+        mf.write_sheets(opts.root, opts.out_dir, manifest, opts.config_dir)
+    return manifest
+
+
 def build(
     specs: tuple[ModelSpec, ...],
     tuned: tuple[FineTune, ...],
@@ -203,35 +303,24 @@ def build(
     ``mixtures``: a base model's training domains (the cycle its batch rows follow) where
     not every domain in turn."""
     start = time.time()
-    setup_torch(opts.threads)
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
+    _setup(opts)
     out = opts.out_dir
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale(out, {s.id for s in specs} | {t.id for t in tuned})
     corpus = build_corpus(opts.limits)
     opts.log(f"corpus {corpus.digest[:12]} {corpus.sizes()}")
     probe = out / PROBE_FILE
-    probe.write_text(probe_text(corpus, 1536), encoding="utf-8")
+    segments = probe_segments(corpus, PROBE_BYTES)
+    probe.write_text("".join(segments.values()), encoding="utf-8")
+    spans = probe_domains(segments)
     by_id = {s.id: s for s in specs}
     weights: dict[str, dict[str, torch.Tensor]] = {}
     entries = []
     for spec in specs:
         opts.log(f"[{len(entries) + 1}/{len(specs) + len(tuned)}] {spec.id} ({spec.family})")
-        t0 = time.time()
-        model = new_model(spec)
-        domains = (mixtures or {}).get(spec.id, DOMAINS)
-        losses = train(
-            model, corpus, spec, spec.steps, spec.lr, spec.seed, domains=domains, log=opts.log
-        )
-        recipe = {"domains": list(domains)} if domains != DOMAINS else None
-        entries.append(
-            finish_model(
-                model, spec, spec.id, corpus, probe, opts, losses, time.time() - t0, recipe
-            )
-        )
+        mixture = (mixtures or {}).get(spec.id, DOMAINS)
+        entry, model = build_base(spec, corpus, probe, spans, opts, mixture)
+        entries.append(entry)
         weights[spec.id] = {k: v.clone() for k, v in model.state_dict().items()}
     for ft in tuned:
         opts.log(
@@ -246,7 +335,7 @@ def build(
         )
         recipe = {"steps": ft.steps, "lr": ft.lr, "seed": ft.seed, "domains": [ft.domain]}
         entry = finish_model(
-            model, spec, ft.id, corpus, probe, opts, losses, time.time() - t0, recipe
+            model, spec, ft.id, corpus, probe, opts, losses, time.time() - t0, recipe, spans
         )
         entry |= {"base": ft.base, "finetune_domain": ft.domain, "finetune_steps": ft.steps,
                   "finetune_lr": ft.lr, "finetune_seed": ft.seed}  # fmt: skip
@@ -275,6 +364,7 @@ def build(
             "file": PROBE_FILE,
             "sha256": mf.sha256_file(probe),
             "bytes": probe.stat().st_size,
+            "domains": {d: list(span) for d, span in spans.items()},
         },
         "shared_files": [{"name": PROBE_FILE, "sha256": mf.sha256_file(probe)}],
         "models": entries,
@@ -297,22 +387,22 @@ def build(
 def recapture(out_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Capture every model of a built zoo again (router logits and router inputs) from its
     saved weights, as the build does, and update the manifest's routing and file records.
-    Weights, scores and everything else stay as built."""
-    from transformers import AutoModelForCausalLM
-
+    Weights, scores and everything else stay as built; each domain's tokens are recorded."""
     manifest = mf.read_manifest(out_dir)
+    _, spans = built_probe(out_dir, manifest)
     probe = out_dir / manifest["probe"]["file"]
     for entry in manifest["models"]:
         model_dir = out_dir / entry["id"]
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        model = model_class(entry["family"]).from_pretrained(model_dir, dtype=torch.float32)
         seq_len = entry["hyperparameters"]["seq_len"]
         meta = capture_file(model_dir, probe, model_dir / mf.ROUTING_FILE, model_id=entry["id"],
-                            model=model, seq_len=seq_len)  # fmt: skip
+                            model=model, seq_len=seq_len, domains=spans)  # fmt: skip
         entry["routing"] = {"file": mf.ROUTING_FILE, "tokens": meta["tokens"],
                             "layers": meta["layers"], "inputs": meta["inputs"]}  # fmt: skip
         entry["files"] = mf.describe_files(model_dir)
         entry["bytes"] = sum(f["bytes"] for f in entry["files"])
         log(f"  {entry['id']}: {meta['tokens']} tokens, inputs {meta['inputs']}")
+    manifest["probe"]["domains"] = {d: list(span) for d, span in spans.items()}
     manifest["total_bytes"] = dir_bytes(out_dir)
     mf.write_manifest(out_dir, manifest)
     return manifest

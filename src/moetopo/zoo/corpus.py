@@ -170,10 +170,22 @@ def fixed_windows(stream: np.ndarray, count: int, seq_len: int) -> np.ndarray:
     return np.stack([stream[s : s + seq_len] for s in starts]).astype(np.int64)
 
 
-def probe_text(corpus: Corpus, nbytes_per_domain: int = 1024) -> str:
-    """Held-out text for router capture: whole lines of held-out code, then docstrings."""
-    chunks: list[str] = []
+def probe_domains(segments: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """Each domain's byte range [start, stop) in the probe text its segments make."""
+    spans, start = {}, 0
+    for domain, text in segments.items():
+        stop = start + len(text.encode("utf-8"))
+        spans[domain] = (start, stop)
+        start = stop
+    return spans
+
+
+def probe_segments(corpus: Corpus, nbytes_per_domain: int = 1024) -> dict[str, str]:
+    """Held-out text for router capture, per domain in :data:`DOMAINS` order: whole lines
+    of held-out code, then docstrings; the probe text is their concatenation."""
+    segments: dict[str, str] = {}
     for domain in DOMAINS:
+        chunks: list[str] = []
         taken = 0
         for doc in corpus.docs[domain, "heldout"]:
             for line in doc.splitlines(keepends=True):
@@ -185,4 +197,5 @@ def probe_text(corpus: Corpus, nbytes_per_domain: int = 1024) -> str:
                 break
             chunks.append("\n")
             taken += 1
-    return "".join(chunks)
+        segments[domain] = "".join(chunks)
+    return segments

@@ -18,6 +18,9 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "deepseek_v3": ("DeepseekV3Config", "DeepseekV3ForCausalLM"),
     "olmoe": ("OlmoeConfig", "OlmoeForCausalLM"),
 }
+# moetopo family -> (config class, model class) of moetopo.zoo.ctmoe: families transformers
+# has no class for, implemented here
+OWN_FAMILIES: dict[str, tuple[str, str]] = {"ct_moe": ("CtMoeConfig", "CtMoeForCausalLM")}
 AUX_LOSS_COEF = 0.01
 BIAS_UPDATE_SPEED = 0.01  # DeepSeek-V3's auxiliary-loss-free balancing step
 
@@ -119,17 +122,44 @@ def config_kwargs(spec: ModelSpec) -> dict[str, Any]:
             "num_experts_per_tok": spec.top_k,
             "router_aux_loss_coef": AUX_LOSS_COEF,
         }
+    elif spec.family == "ct_moe":  # Mixtral's keys; CT-MoE's own ones come in ``extra``
+        kw |= {
+            "intermediate_size": spec.expert_inter,
+            "num_local_experts": spec.experts,
+            "num_experts_per_tok": spec.top_k,
+            "router_aux_loss_coef": AUX_LOSS_COEF,
+        }
     else:
-        raise ValueError(f"unknown zoo family {spec.family!r}; known: {sorted(FAMILIES)}")
+        known = sorted(FAMILIES | OWN_FAMILIES)
+        raise ValueError(f"unknown zoo family {spec.family!r}; known: {known}")
     return kw | dict(spec.extra)
 
 
 def make_config(spec: ModelSpec) -> Any:
-    """The transformers config object (imports transformers lazily)."""
+    """The family's config object (imports transformers or torch lazily)."""
+    return getattr(_classes(spec.family), class_names(spec.family)[0])(**config_kwargs(spec))
+
+
+def class_names(family: str) -> tuple[str, str]:
+    """(config class, model class) of a zoo family."""
+    return (FAMILIES | OWN_FAMILIES)[family]
+
+
+def model_class(family: str) -> Any:
+    """The family's model class: transformers' own, or moetopo.zoo.ctmoe's (imports
+    transformers or torch lazily)."""
+    return getattr(_classes(family), class_names(family)[1])
+
+
+def _classes(family: str) -> Any:
+    """The module holding a family's classes."""
+    if family in OWN_FAMILIES:
+        from moetopo.zoo import ctmoe
+
+        return ctmoe
     import transformers
 
-    config_cls = getattr(transformers, FAMILIES[spec.family][0])
-    return config_cls(**config_kwargs(spec))
+    return transformers
 
 
 def spec_record(spec: ModelSpec) -> dict[str, Any]:
@@ -184,6 +214,12 @@ ZOO: tuple[ModelSpec, ...] = (
        expert_inter=48, steps=400, seed=1),
     _m("olmoe-e16k2-h80-s2", "olmoe", experts=16, top_k=2, hidden=80, layers=2,
        expert_inter=48, steps=600, seed=2, lr=2e-3),
+    # CT-MoE with a learned collaboration S per layer (moetopo.zoo.ctmoe). Top-3: at top-2
+    # the renormalised S of the chosen pair is constant, and message passing trains no S.
+    # S_raw learns at 10x the base rate (the paper: 100x a lower base rate).
+    _m("ctmoe-e8k3-h64-s0", "ct_moe", experts=8, top_k=3, hidden=64, layers=3,
+       expert_inter=48, steps=400, seed=0,
+       extra={"routing_scale": 1.5, "collab_scale": 1.0, "s_temp": 1.0, "s_lr_scale": 10.0}),
 )  # fmt: skip
 
 TUNED: tuple[FineTune, ...] = (

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from moetopo.zoo.corpus import DOMAINS, Corpus, fixed_windows
-from moetopo.zoo.specs import BIAS_UPDATE_SPEED, FAMILIES, ModelSpec, make_config
+from moetopo.zoo.specs import BIAS_UPDATE_SPEED, ModelSpec, make_config, model_class
 
 EVAL_WINDOWS = 64  # per domain and split
 EVAL_BATCH = 16
@@ -28,11 +28,8 @@ def setup_torch(threads: int = 1) -> None:
 
 def new_model(spec: ModelSpec) -> Any:
     """A freshly initialised model of the spec's real transformers class."""
-    import transformers
-
     torch.manual_seed(spec.seed)
-    model_cls = getattr(transformers, FAMILIES[spec.family][1])
-    model = model_cls(make_config(spec))
+    model = model_class(spec.family)(make_config(spec))
     return model.float()
 
 
@@ -105,11 +102,16 @@ def train(
     model.train()
     uses_aux = spec.family != "deepseek_v3"
     balancer = None if uses_aux else BiasBalancer(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+    groups = (
+        model.optimizer_groups(weight_decay=0.01)  # CT-MoE: S_raw at its own learning rate
+        if hasattr(model, "optimizer_groups")
+        else [{"params": list(model.parameters()), "weight_decay": 0.01, "lr_scale": 1.0}]
+    )
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
     losses: list[float] = []
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = _lr(step, steps, lr)
+            group["lr"] = _lr(step, steps, lr) * group["lr_scale"]
         x = _batch(rng, corpus, domains, spec.batch, spec.seq_len)
         out = model(input_ids=x, labels=x, output_router_logits=uses_aux)
         out.loss.backward()
