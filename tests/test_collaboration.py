@@ -37,6 +37,7 @@ from moetopo.collaboration.spectrum import (
 from moetopo.compression.block import dropped
 from moetopo.compression.export import write_pruned_checkpoint
 from moetopo.errors import MoetopoError
+from moetopo.fixtures.families import FAMILY_RECIPES, family_model, write_family
 from moetopo.report import fmt
 from moetopo.report.collaboration import collaboration_blocks
 from moetopo.report.data import ModelData
@@ -327,3 +328,26 @@ def test_capture_records_each_domains_tokens_and_refuses_overlapping_ranges(tmp_
         tokenize_domains(tmp_path, raw, {"code": (0, 15), "prose": (14, 26)})
     with pytest.raises(ValueError, match="NAME=START:STOP"):
         parse_domains(["code:0:14"])
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_RECIPES))
+def test_router_and_coactivation_s_on_every_family(family, tmp_path):
+    """Every family's S from its router rows and its probe coactivation: row-stochastic
+    with a zero diagonal and a top eigenvalue of exactly 1."""
+    from moetopo.artefacts.views import GateLayer
+
+    model = open_model(write_family(family_model(family, n_experts=4), family, tmp_path))
+    layout = model.layout
+    gates = {
+        m: GateLayer(model.reader.read(layout.layers[m].router).astype(np.float64), None, None)
+        for m in layout.moe_layers
+    }
+    routing, coactivation, _ = routing_tables(model, gates, 32, 0, None).tables()
+    distances = pd.DataFrame(columns=columns("expert_distances"))
+    result = collaboration_tables(
+        model, gates, coactivation, routing, distances, CollaborationSettings(permutations=99)
+    )
+    summary = result.tables()["collaboration"]
+    assert "router" in set(summary.source) and sorted(set(summary.layer)) == layout.moe_layers
+    assert (summary.row_sum_error < 1e-12).all()
+    assert np.allclose(summary.top_eigenvalue, 1.0, atol=1e-12)

@@ -20,7 +20,13 @@ from moetopo.errors import NoMoELayersError
 from moetopo.families import load_families
 from moetopo.families.spec import _check_unambiguous, compile_template
 from moetopo.fixtures import TinyModel, random_model, write_checkpoint
-from moetopo.fixtures.families import FAMILY_LAYOUTS, FAMILY_WRITERS, write_family
+from moetopo.fixtures.families import (
+    FAMILY_LAYOUTS,
+    FAMILY_RECIPES,
+    FAMILY_WRITERS,
+    family_model,
+    write_family,
+)
 
 from conftest import gate_rows
 
@@ -55,58 +61,10 @@ SUPPORTED_FAMILIES = (
 )
 SPEC_OF = {"kimi_k2": "deepseek_v3"}  # Kimi-K2 ships DeepSeek-V3's architecture
 
-SHARED = {"shared_intermediate": 32}
-FIRST_DENSE = {"moe_layers": [1, 2], **SHARED}
-# TinyModels whose MoE placement each family's config convention can express.
-RECIPES: dict[str, dict] = {
-    "mixtral": {},
-    "phimoe": {},
-    "minimax": {"n_layers": 2},
-    "qwen2_moe": FIRST_DENSE,
-    "qwen3_moe": {"moe_layers": [0, 2]},
-    "qwen3_next": {"n_layers": 4, "moe_layers": [1, 2, 3], **SHARED},
-    "olmoe": {},
-    "flex_olmo": {},
-    "deepseek_v2": FIRST_DENSE,
-    "deepseek_v3": {**FIRST_DENSE, "router_bias": True},
-    "kimi_k2": {**FIRST_DENSE, "router_bias": True},
-    "glm4_moe": {**FIRST_DENSE, "router_bias": True},
-    "dots1": {**FIRST_DENSE, "router_bias": True},
-    "ernie4_5_moe": {**FIRST_DENSE, "router_bias": True},
-    "hunyuan_v1_moe": SHARED,
-    "lfm2_moe": {"moe_layers": [1, 2], "router_bias": True},
-    "jamba": {"n_layers": 4, "moe_layers": [1, 3]},
-    "llama4": {"n_layers": 4, "moe_layers": [1, 3], "top_k": 1, **SHARED},
-    "gpt_oss": {"router_bias": True, "expert_bias": True, "n_experts": 4},
-    "granitemoe": {"n_layers": 2},
-    "granitemoeshared": {"n_layers": 2, **SHARED},
-    "granitemoehybrid": {"n_layers": 2, **SHARED},
-    "jetmoe": {"n_layers": 2},
-    "dbrx": {"n_layers": 2, "n_experts": 4},
-    "switch_transformers": {
-        "n_layers": 4,
-        "moe_layers": [1, 3],
-        "n_decoder_layers": 2,
-        "decoder_moe_layers": [1],
-        "top_k": 1,
-    },
-    "nllb_moe": {
-        "n_layers": 4,
-        "moe_layers": [1, 3],
-        "n_decoder_layers": 2,
-        "decoder_moe_layers": [1],
-        "expert_bias": True,
-    },
-    "gguf": {**FIRST_DENSE, "router_bias": True},
-}
 SHARED_ROUTER = {"qwen2_moe", "qwen3_next", "gguf"}  # a [1, H] sigmoid gate on the shared expert
 RELU = {"switch_transformers", "nllb_moe"}
-CASES = [(f, layout) for f in RECIPES for layout in FAMILY_LAYOUTS[f]]
-TWINS = [f for f in RECIPES if "fused" in FAMILY_LAYOUTS[f]]
-
-
-def model_for(family: str, **extra) -> TinyModel:
-    return random_model(**{"n_experts": 8, "seed": 5, **RECIPES[family], **extra})
+CASES = [(f, layout) for f in FAMILY_RECIPES for layout in FAMILY_LAYOUTS[f]]
+TWINS = [f for f in FAMILY_RECIPES if "fused" in FAMILY_LAYOUTS[f]]
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +74,7 @@ def written(tmp_path_factory):
 
     def get(family: str, layout: str) -> tuple[TinyModel, Path]:
         if (family, layout) not in cache:
-            model = model_for(family)
+            model = family_model(family)
             path = tmp_path_factory.mktemp(f"{family}-{layout}")
             cache[family, layout] = (model, write_family(model, family, path, layout))
         return cache[family, layout]
@@ -159,7 +117,7 @@ def test_every_supported_family_has_a_spec_a_writer_and_a_recipe():
     for family in SUPPORTED_FAMILIES:
         assert SPEC_OF.get(family, family) in specs
         assert family in FAMILY_WRITERS
-        assert family in RECIPES
+        assert family in FAMILY_RECIPES
     assert set(FAMILY_WRITERS) == set(SUPPORTED_FAMILIES)
 
 
@@ -324,7 +282,7 @@ def test_encoder_decoder_layers_are_numbered_after_the_encoder(written):
     ],
 )
 def test_config_disagreeing_with_routers_is_reported(tmp_path, family, overrides):
-    model = model_for(family)
+    model = family_model(family)
     path = write_family(model, family, tmp_path, config_overrides=overrides)
     layout = open_model(path).layout
     assert layout.moe_layers == model.moe_layers  # the routers decide
@@ -333,7 +291,7 @@ def test_config_disagreeing_with_routers_is_reported(tmp_path, family, overrides
 
 @pytest.mark.parametrize("family", ["deepseek_v3", "glm4_moe", "qwen3_next", "ernie4_5_moe"])
 def test_multi_token_prediction_layers_are_set_apart(tmp_path, family):
-    model = model_for(family)
+    model = family_model(family)
     layout = open_model(write_family(model, family, tmp_path, mtp=True)).layout
     assert layout.warnings == []
     assert layout.mtp_layers == [len(model.layers)]
@@ -343,7 +301,7 @@ def test_multi_token_prediction_layers_are_set_apart(tmp_path, family):
 
 @pytest.mark.parametrize("family", ["deepseek_v3", "kimi_k2", "qwen3_moe"])
 def test_fp8_block_scaled_releases(tmp_path, family):
-    model = model_for(family)
+    model = family_model(family)
     om = open_model(write_family(model, family, tmp_path, dtype="F8_E4M3"))
     assert om.layout.warnings == [] and "F8_E4M3" in om.layout.dtypes
     i = model.moe_layers[0]
@@ -354,7 +312,7 @@ def test_fp8_block_scaled_releases(tmp_path, family):
 
 
 def test_per_layer_top_k_lists(tmp_path):
-    model = model_for("hunyuan_v1_moe")
+    model = family_model("hunyuan_v1_moe")
     path = write_family(model, "hunyuan_v1_moe", tmp_path, config_overrides={"moe_topk": [1, 2, 3]})
     layout = open_model(path).layout
     assert [layout.layers[i].top_k for i in range(3)] == [1, 2, 3]

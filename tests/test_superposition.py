@@ -15,6 +15,7 @@ from moetopo.artefacts.views import GateLayer
 from moetopo.checkpoint.experts import expert_output, read_expert
 from moetopo.checkpoint.model import open_model
 from moetopo.errors import MoetopoError
+from moetopo.fixtures.families import FAMILY_RECIPES, family_model, write_family
 from moetopo.geometry.basis import file_basis
 from moetopo.geometry.superposition import (
     Thresholds,
@@ -291,3 +292,24 @@ def test_the_report_section_draws_the_grid_and_names_each_basis(tmp_path):
     assert superposition_blocks(report_data({"none": {}})) == []
     real = superposition_blocks(report_data({"llm-like": tables["llm-like"]}))
     assert [b.path for b in real if isinstance(b, Figure)] == ["figures/superposition/models.png"]
+
+
+def family_gates(model) -> dict[int, GateLayer]:
+    layout = model.layout
+    return {
+        m: GateLayer(model.reader.read(layout.layers[m].router).astype(np.float64), None, None)
+        for m in layout.moe_layers
+    }
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_RECIPES))
+def test_the_stage_runs_on_every_family_with_its_data_free_basis(family, tmp_path):
+    model = open_model(write_family(family_model(family, n_experts=4), family, tmp_path))
+    gates = family_gates(model)
+    routing = routing_tables(model, gates, 16, 0, None).tables()[0]
+    experts, features = superposition_tables(model, gates, routing).tables()
+    layout = model.layout
+    assert sorted(set(experts.layer)) == layout.moe_layers
+    assert set(experts.basis) == {"router"}
+    assert len(experts) == sum(layout.layers[m].n_experts for m in layout.moe_layers)
+    assert np.isfinite(experts.mean_dimensionality).all() and (experts.frobenius_sq > 0).all()
