@@ -313,3 +313,10 @@ def test_the_stage_runs_on_every_family_with_its_data_free_basis(family, tmp_pat
     assert set(experts.basis) == {"router"}
     assert len(experts) == sum(layout.layers[m].n_experts for m in layout.moe_layers)
     assert np.isfinite(experts.mean_dimensionality).all() and (experts.frobenius_sq > 0).all()
+    basis = tmp_path / "sae.npz"
+    rng = np.random.default_rng(0)
+    np.savez(
+        basis, **{f"layer_{m}": rng.normal(size=(6, layout.hidden_size)) for m in layout.moe_layers}
+    )
+    given, features = superposition_tables(model, gates, routing, basis_file=str(basis)).tables()
+    assert set(given.basis) == {"file:sae.npz"} and set(given.n_features) == {6}
