@@ -93,6 +93,20 @@ def small_run(tmp_path_factory) -> Path:
     return target
 
 
+ROUTER_ONLY_MODEL = "mixtral-e4k1-h48-s1"
+ROUTER_ONLY = ("--configfile", str(REPO / "config" / "config.yaml"))
+ROUTER_ONLY += (str(REPO / "config" / "router_only.yaml"),)
+
+
+@pytest.fixture(scope="session")
+def router_only_run(tmp_path_factory) -> Path:
+    """One completed local run of config/router_only.yaml over one small model (four
+    shards), shared by the tests of that overlay and of the SLURM executor."""
+    target = demo_config(tmp_path_factory.mktemp("router-only"), (ROUTER_ONLY_MODEL,))
+    snakemake(target, "--cores", "2", *ROUTER_ONLY)
+    return target
+
+
 def artefacts(root: Path) -> dict[str, Path]:
     """Every Parquet and JSON artefact under results/, keyed by relative path."""
     found = {}

@@ -9,7 +9,7 @@ import pytest
 
 from moetopo.artefacts import read_table
 
-from conftest import REPO, artefacts, demo_config, snakemake
+from conftest import artefacts, snakemake
 
 pytestmark = pytest.mark.workflow
 STAGE_ARTEFACTS = (
@@ -68,11 +68,9 @@ def test_changing_an_engineering_knob_reruns_nothing(small_run):
     assert planned_jobs(small_run, "--configfile", "config/config.yaml", str(overlay)) == {}
 
 
-def test_router_only_overlay_runs_every_stage(tmp_path):
+def test_router_only_overlay_runs_every_stage(router_only_run):
     """config/router_only.yaml, the quick pass for huge checkpoints, on one small model."""
-    target = demo_config(tmp_path, ("mixtral-e4k1-h48-s1",))
-    overlay = ["--configfile", "config/config.yaml", str(REPO / "config" / "router_only.yaml")]
-    snakemake(target, "--cores", "2", *overlay)
+    target = router_only_run
     distances, _ = read_table(target / "results/mixtral-e4k1-h48-s1/expert_distances.parquet")
     assert set(distances.source) == {"router_l1", "router_cosine", "router_l2", "coactivation"}
     sheaf, _ = read_table(target / "results/mixtral-e4k1-h48-s1/sheaf.parquet")
@@ -80,6 +78,7 @@ def test_router_only_overlay_runs_every_stage(tmp_path):
     assert (target / "results/report/index.html").exists()
     compression = [p for p in (target / "results").rglob("compression*") if p.is_file()]
     assert not compression  # it would read experts
+    assert not list((target / "results").rglob("superposition*.parquet"))  # so would it
     assert not list((target / "results/report/figures/compression").glob("*.png"))
 
 

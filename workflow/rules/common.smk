@@ -270,7 +270,7 @@ def get_final_outputs():
                 "clusters",
                 "redundancy",
                 *TOPOLOGY_ARTEFACTS,
-                *SUPERPOSITION_ARTEFACTS,
+                *(SUPERPOSITION_ARTEFACTS if superposition_enabled() else ()),
             ],
         )
         + get_compression_outputs()
