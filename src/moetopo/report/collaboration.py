@@ -262,6 +262,8 @@ def _complex(ax, model: ModelData, layer: int, s: np.ndarray, source: str) -> No
     for e, (x, y) in enumerate(xy):
         ax.text(x, y, str(e), ha="center", va="center", fontsize=6, zorder=4)
     ax.set_title(f"{title}\n→ strongest partner in {SOURCE_NAMES[source]} S", fontsize=8)
+    ax.set_xlim(-1.25, 1.25)  # fixed: two experts alone lie on a line of no height
+    ax.set_ylim(-1.25, 1.25)
     ax.set_aspect("equal")
     ax.set_axis_off()
 
