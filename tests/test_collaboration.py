@@ -351,3 +351,23 @@ def test_router_and_coactivation_s_on_every_family(family, tmp_path):
     assert "router" in set(summary.source) and sorted(set(summary.layer)) == layout.moe_layers
     assert (summary.row_sum_error < 1e-12).all()
     assert np.allclose(summary.top_eigenvalue, 1.0, atol=1e-12)
+
+
+def test_the_report_draws_a_two_expert_layer(tmp_path):
+    """The toy grid's two-expert models: S is [[0, 1], [1, 0]] and the experts of the
+    complex panel lie on one line; the figure must still draw."""
+    from moetopo.report.collaboration import layer_figure
+
+    toy = REPO / "resources" / "toy" / "toy-s50-e2k1"
+    model = open_model(toy)
+    gates = gates_from_rows(gate_rows(model)[0])
+    captured = str(toy / "router_logits.npz")
+    routing, coactivation, _ = routing_tables(model, gates, 16, 0, captured).tables()
+    distances = pd.DataFrame(columns=columns("expert_distances"))
+    settings = CollaborationSettings(sources=("router",), permutations=9)
+    tables = collaboration_tables(model, gates, coactivation, routing, distances, settings)
+    empty = {t: pd.DataFrame(columns=columns(t)) for t in ("hodge", "hodgecover")}
+    data = ModelData(
+        "toy", str(toy), {}, tables.tables() | empty | {"expert_distances": distances}, {}, []
+    )
+    assert layer_figure(data, 0).startswith(b"\x89PNG")
