@@ -320,3 +320,24 @@ def test_the_stage_runs_on_every_family_with_its_data_free_basis(family, tmp_pat
     )
     given, features = superposition_tables(model, gates, routing, basis_file=str(basis)).tables()
     assert set(given.basis) == {"file:sae.npz"} and set(given.n_features) == {6}
+
+
+def test_monosemanticity_is_drawn_against_redundancy_only_where_redundancy_varies(tmp_path):
+    from moetopo.report.superposition import model_figure
+
+    model, _ = random_toy(tmp_path, ToyPoint(0.5, 2, n_features=6, n_hidden=3))
+    experts = superposition_tables(model, toy_gates(model), routing_stub(2)).tables()[0]
+
+    def redundancy(value: float) -> pd.DataFrame:
+        return pd.DataFrame(
+            {"layer": [0], "source": ["weight_cosine"], "threshold_spec": ["r0.5"],
+             "redundancy": [value]}
+        )  # fmt: skip
+
+    flat = {"a": {"superposition": experts, "redundancy": redundancy(0.0)}}
+    flat["b"] = flat["a"]
+    _, caption = model_figure(report_data(flat).models, "r0.5")
+    assert "is 0 in every layer, so monosemanticity is not drawn against it" in caption
+    varied = dict(flat, b={"superposition": experts, "redundancy": redundancy(0.5)})
+    _, caption = model_figure(report_data(varied).models, "r0.5")
+    assert "and against weight-cosine redundancy per layer" in caption

@@ -90,13 +90,14 @@ def phase_figure(grid: pd.DataFrame) -> bytes:
     return png(fig)
 
 
-def model_figure(models: list[ModelData], threshold: str) -> bytes:
+def model_figure(models: list[ModelData], threshold: str) -> tuple[bytes, str]:
     """Left: each model's monosemanticity (mean over its MoE layers) against k/E, one
     colour per basis. Right: each layer's monosemanticity against its weight-cosine
-    redundancy at the report's threshold."""
-    fig, (left, right) = panels(2, ncols=2, size=(4.2, 3.2))
+    redundancy at the report's threshold, drawn only where redundancy varies (a column of
+    points at one value shows nothing). Returns the figure and its caption."""
     bases = sorted({b for m in models for b in m["superposition"].basis.unique()})
-    for k, basis in enumerate(bases):
+    collected = {}
+    for basis in bases:
         points, pairs = [], []
         for model in models:
             layers = layer_rows(model)
@@ -105,24 +106,40 @@ def model_figure(models: list[ModelData], threshold: str) -> bytes:
                 continue
             points.append((layers.active.mean(), layers.monosemanticity.mean()))
             pairs += _redundancy_pairs(model, layers, threshold)
+        collected[basis] = (points, pairs)
+    redundancies = {x for _, pairs in collected.values() for x, _ in pairs}
+    spread = len(redundancies) > 1
+    # one panel keeps the two panels' width, so its margins hold the axis labels
+    fig, axes = panels(2, ncols=2, size=(4.2, 3.2)) if spread else panels(1, size=(8.4, 3.2))
+    left = axes[0]
+    for k, (basis, (points, pairs)) in enumerate(collected.items()):
         x, y = zip(*points, strict=True)
         left.scatter(x, y, s=18, color=f"C{k}", label=basis_name(basis))
-        if pairs:
+        if spread and pairs:
             rx, ry = zip(*pairs, strict=True)
-            right.scatter(rx, ry, s=14, color=f"C{k}")
+            axes[1].scatter(rx, ry, s=14, color=f"C{k}")
     left.set_xscale("log", base=2)
     left.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     left.set_xlabel("active fraction of experts k/E", fontsize=8)
     left.set_ylabel("monosemanticity (mean over layers)", fontsize=8)
-    right.set_xlabel(f"redundancy, weight cosine at {threshold}", fontsize=8)
-    right.set_ylabel("monosemanticity (per layer)", fontsize=8)
-    for ax in (left, right):
+    if spread:
+        axes[1].set_xlabel(f"redundancy, weight cosine at {threshold}", fontsize=8)
+        axes[1].set_ylabel("monosemanticity (per layer)", fontsize=8)
+    for ax in axes:
         ax.set_ylim(-0.03, 1.03)
         ax.tick_params(labelsize=7)
     fig.legend(*left.get_legend_handles_labels(), loc="upper center", ncol=2, fontsize=8,
                frameon=False)  # fmt: skip
     fig.subplots_adjust(top=1 - 0.6 / fig.get_figheight())
-    return png(fig)
+    caption = "Monosemanticity against k/E per model"
+    if spread:
+        caption += ", and against weight-cosine redundancy per layer"
+    elif redundancies:
+        caption += (
+            f" (weight-cosine redundancy at {threshold} is {fmt.sig(redundancies.pop(), 3)} in "
+            "every layer, so monosemanticity is not drawn against it)"
+        )
+    return png(fig), caption + "; one colour per basis, as the legend names it"
 
 
 def _redundancy_pairs(model: ModelData, layers: pd.DataFrame, threshold: str) -> list[tuple]:
@@ -216,14 +233,8 @@ def superposition_blocks(data: ReportData) -> list[Block]:
                 "routed token meets (D* weighted by load)",
             )
         )
-    blocks.append(
-        Figure(
-            "figures/superposition/models.png",
-            model_figure(models, threshold),
-            "Monosemanticity against k/E per model, and against weight-cosine redundancy "
-            "per layer; one colour per basis, as the legend names it",
-        )
-    )
+    figure, caption = model_figure(models, threshold)
+    blocks.append(Figure("figures/superposition/models.png", figure, caption))
     for model in models:
         blocks.append(Details(f"{model.name}: superposition per layer", [layer_table(model)]))
     return blocks
