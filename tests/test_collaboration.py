@@ -334,14 +334,9 @@ def test_capture_records_each_domains_tokens_and_refuses_overlapping_ranges(tmp_
 def test_router_and_coactivation_s_on_every_family(family, tmp_path):
     """Every family's S from its router rows and its probe coactivation: row-stochastic
     with a zero diagonal and a top eigenvalue of exactly 1."""
-    from moetopo.artefacts.views import GateLayer
-
     model = open_model(write_family(family_model(family, n_experts=4), family, tmp_path))
     layout = model.layout
-    gates = {
-        m: GateLayer(model.reader.read(layout.layers[m].router).astype(np.float64), None, None)
-        for m in layout.moe_layers
-    }
+    gates = gates_from_rows(gate_rows(model)[0])
     routing, coactivation, _ = routing_tables(model, gates, 32, 0, None).tables()
     distances = pd.DataFrame(columns=columns("expert_distances"))
     result = collaboration_tables(

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
 
-from moetopo.artefacts.views import GateLayer
+from moetopo.artefacts.views import GateLayer, gates_from_rows
 from moetopo.checkpoint.experts import expert_output, read_expert
 from moetopo.checkpoint.model import open_model
 from moetopo.errors import MoetopoError
@@ -27,6 +27,8 @@ from moetopo.stages.expert_geometry import layer_distances
 from moetopo.stages.routing import routing_tables
 from moetopo.stages.superposition import superposition_tables
 from moetopo.zoo.toy import ToyPoint, save_point
+
+from conftest import gate_rows
 
 
 def orthonormal(rows: int, cols: int, seed: int = 0) -> np.ndarray:
@@ -294,18 +296,10 @@ def test_the_report_section_draws_the_grid_and_names_each_basis(tmp_path):
     assert [b.path for b in real if isinstance(b, Figure)] == ["figures/superposition/models.png"]
 
 
-def family_gates(model) -> dict[int, GateLayer]:
-    layout = model.layout
-    return {
-        m: GateLayer(model.reader.read(layout.layers[m].router).astype(np.float64), None, None)
-        for m in layout.moe_layers
-    }
-
-
 @pytest.mark.parametrize("family", sorted(FAMILY_RECIPES))
 def test_the_stage_runs_on_every_family_with_its_data_free_basis(family, tmp_path):
     model = open_model(write_family(family_model(family, n_experts=4), family, tmp_path))
-    gates = family_gates(model)
+    gates = gates_from_rows(gate_rows(model)[0])
     routing = routing_tables(model, gates, 16, 0, None).tables()[0]
     experts, features = superposition_tables(model, gates, routing).tables()
     layout = model.layout
