@@ -107,6 +107,15 @@ def router_only_run(tmp_path_factory) -> Path:
     return target
 
 
+def forget_remote_mirrors(monkeypatch) -> None:
+    """As in a new process: no remote mirror opened, no byte counted as fetched."""
+    from moetopo.checkpoint import remote
+
+    monkeypatch.setattr(remote, "_OPEN", {})
+    monkeypatch.setattr(remote, "_MIRRORS", {})
+    monkeypatch.setattr(remote, "FETCHED", remote.FetchStats())
+
+
 def artefacts(root: Path) -> dict[str, Path]:
     """Every Parquet and JSON artefact under results/, keyed by relative path."""
     found = {}

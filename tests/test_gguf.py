@@ -35,6 +35,8 @@ from moetopo.inspect import describe, inspect_model
 from moetopo.stages.inventory import merge_inventory
 from moetopo.topology.persistence import vietoris_rips_diagrams
 
+from conftest import forget_remote_mirrors
+
 Q = gguf.GGMLQuantizationType
 ZOO_MODEL = Path(__file__).resolve().parents[1] / "resources" / "zoo" / "mixtral-e8k2-h64-s0"
 ARCH = "deepseek2"
@@ -503,9 +505,7 @@ def test_a_served_gguf_model_reads_as_the_local_one(tiny, kind, tmp_path, monkey
     from moetopo.fixtures.http_server import CheckpointServer
 
     monkeypatch.setenv("MOETOPO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(remote, "_OPEN", {})
-    monkeypatch.setattr(remote, "_MIRRORS", {})
-    monkeypatch.setattr(remote, "FETCHED", remote.FetchStats())
+    forget_remote_mirrors(monkeypatch)
     monkeypatch.setattr(remote, "GGUF_PREFIX", 256)  # far shorter than a header
     local = open_checkpoint(tiny[kind])
     with CheckpointServer() as server:

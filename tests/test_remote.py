@@ -18,6 +18,8 @@ from moetopo.fixtures.families import write_family
 from moetopo.fixtures.http_server import CheckpointServer, Fault
 from moetopo.fixtures.model import random_model
 
+from conftest import REPO, SMALL_PAIR, demo_config, forget_remote_mirrors, snakemake
+
 
 @pytest.fixture(scope="module")
 def local_model(tmp_path_factory):
@@ -32,18 +34,11 @@ def server(local_model, tmp_path, monkeypatch):
     monkeypatch.setenv("MOETOPO_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
-    forget(monkeypatch)
+    forget_remote_mirrors(monkeypatch)
     with CheckpointServer() as srv:
         srv.add("org/tiny", local_model)
         monkeypatch.setenv("HF_ENDPOINT", srv.endpoint)
         yield srv
-
-
-def forget(monkeypatch) -> None:
-    """A new process: no mirror opened, nothing counted."""
-    monkeypatch.setattr(remote, "_OPEN", {})
-    monkeypatch.setattr(remote, "_MIRRORS", {})
-    monkeypatch.setattr(remote, "FETCHED", remote.FetchStats())
 
 
 def read_all(checkpoint, names=None) -> dict[str, np.ndarray]:
@@ -97,14 +92,14 @@ def test_the_summary_records_where_each_shard_came_from(server, local_model):
 def test_a_second_run_fetches_nothing_and_a_resumed_run_nothing_twice(server, monkeypatch):
     names = sorted(TensorReader(open_checkpoint("hf://org/tiny")).logical)
     read_all(open_checkpoint("hf://org/tiny"), names[: len(names) // 2])  # then killed
-    forget(monkeypatch)
+    forget_remote_mirrors(monkeypatch)
     read_all(open_checkpoint("hf://org/tiny"))  # resumed
     for file, ranges in fetched_ranges(server).items():
         total = sum(e - b for b, e in ranges)
         union = sum(e - b for b, e in remote._merged([list(r) for r in ranges]))
         assert total == union, f"{file}: bytes fetched twice"
     before = len(server.log)
-    forget(monkeypatch)
+    forget_remote_mirrors(monkeypatch)
     read_all(open_checkpoint("hf://org/tiny"))
     assert len(server.log) == before and remote.FETCHED.requests == 0
 
@@ -197,8 +192,6 @@ def test_the_pipeline_on_a_served_model_writes_what_the_local_run_writes(
     import pandas as pd
 
     from moetopo.artefacts import read_table
-
-    from conftest import REPO, SMALL_PAIR, demo_config, snakemake
 
     model = SMALL_PAIR[0]
     target = demo_config(tmp_path / "run", (model,))

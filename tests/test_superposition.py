@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
 
 from moetopo.artefacts.views import GateLayer, gates_from_rows
-from moetopo.checkpoint.experts import expert_output, read_expert
+from moetopo.checkpoint.experts import expert_output, read_expert, read_expert_inputs
 from moetopo.checkpoint.model import open_model
 from moetopo.errors import MoetopoError
 from moetopo.fixtures.families import FAMILY_RECIPES, family_model, write_family
@@ -307,6 +307,11 @@ def test_the_stage_runs_on_every_family_with_its_data_free_basis(family, tmp_pat
     assert set(experts.basis) == {"router"}
     assert len(experts) == sum(layout.layers[m].n_experts for m in layout.moe_layers)
     assert np.isfinite(experts.mean_dimensionality).all() and (experts.frobenius_sq > 0).all()
+    for m in layout.moe_layers:  # the rows read are the expert's own (read_expert: oracle-tested)
+        whole = read_expert(model.reader, layout.layers[m], 1)
+        rows = [w for w in (whole.gate, whole.up) if w is not None]
+        np.testing.assert_array_equal(read_expert_inputs(model.reader, layout.layers[m], 1),
+                                      np.concatenate(rows))  # fmt: skip
     basis = tmp_path / "sae.npz"
     rng = np.random.default_rng(0)
     np.savez(

@@ -56,14 +56,8 @@ def read_expert(
     reader: TensorReader, moe: MoELayer, expert: int, dtype=np.float32
 ) -> ExpertWeights:
     """Expert ``expert`` of ``moe`` in canonical orientation."""
-    parts: dict[str, np.ndarray | None] = {}
-    for table, suffix in ((moe.experts, ""), (moe.expert_biases, "_bias")):
-        for role, tensor in table.items():
-            values = _matrix(reader, tensor, expert, dtype)
-            if role == "expert_gate_up":
-                parts["gate" + suffix], parts["up" + suffix] = _split(values, tensor.packing)
-            else:
-                parts[role.removeprefix("expert_") + suffix] = values
+    parts = _parts(reader, moe.experts, expert, dtype)
+    parts |= _parts(reader, moe.expert_biases, expert, dtype, suffix="_bias")
     if moe.tied_down and "up" in parts and "down" not in parts:
         parts["down"] = parts["up"].T
     if "up" not in parts or "down" not in parts:
@@ -76,15 +70,24 @@ def read_expert_inputs(
 ) -> np.ndarray:
     """Expert ``expert``'s input projections stacked, gate rows then up rows [rows, H]:
     every pre-activation it computes from its input. The down projection is not read."""
-    parts: list[np.ndarray] = []
-    for role in ("expert_gate", "expert_gate_up", "expert_up"):
-        tensor = moe.experts.get(role)
-        if tensor is not None:
-            values = _matrix(reader, tensor, expert, dtype)
-            parts += _split(values, tensor.packing) if role == "expert_gate_up" else [values]
-    if not parts:
+    inputs = {r: t for r, t in moe.experts.items() if r != "expert_down"}
+    parts = _parts(reader, inputs, expert, dtype)
+    stacked = [parts[name] for name in ("gate", "up") if name in parts]
+    if not stacked:
         raise ValueError(f"layer {moe.layer}: no expert input projection (gate or up) found")
-    return np.concatenate(parts, axis=0)
+    return np.concatenate(stacked, axis=0)
+
+
+def _parts(reader: TensorReader, tensors: dict, expert: int, dtype, suffix: str = "") -> dict:
+    """Each role's matrix of one expert by its short name (a fused gate_up split in two)."""
+    parts: dict[str, np.ndarray] = {}
+    for role, tensor in tensors.items():
+        values = _matrix(reader, tensor, expert, dtype)
+        if role == "expert_gate_up":
+            parts["gate" + suffix], parts["up" + suffix] = _split(values, tensor.packing)
+        else:
+            parts[role.removeprefix("expert_") + suffix] = values
+    return parts
 
 
 def activate(gate, up, activation: str, limit: float | None = None) -> np.ndarray:
